@@ -1,0 +1,39 @@
+"""Everything that talks to Lean: REPL client and pool, acceptance rules, tactic sessions,
+and the backends behind one interface (leanprover-community/repl, the stand-in for tests,
+LeanDojo, kimina-lean-server).
+
+This package never imports torch or the policy: it must run on CPU-only verifier boxes.
+Nothing happens at import time.
+"""
+
+from lean_env.errors import (
+    LeanEnvError,
+    ReplCrashedError,
+    ReplProtocolError,
+    ReplStartError,
+    ReplTimeoutError,
+)
+from lean_env.verdict import (
+    Accepted,
+    LeanMessage,
+    NotChecked,
+    RejectReason,
+    Rejected,
+    TimedOut,
+    Verdict,
+)
+
+__all__ = [
+    "Accepted",
+    "LeanEnvError",
+    "LeanMessage",
+    "NotChecked",
+    "RejectReason",
+    "Rejected",
+    "ReplCrashedError",
+    "ReplProtocolError",
+    "ReplStartError",
+    "ReplTimeoutError",
+    "TimedOut",
+    "Verdict",
+]

