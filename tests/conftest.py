@@ -1,0 +1,19 @@
+"""Fixtures shared by every test tier: where the shared data lives, skipping cleanly without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# ../shared sits beside the checkout on our machines and in CI; users never need it.
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder with minif2f.jsonl, proofnet.jsonl, minif2f_valid_proofs.jsonl (skip without it)."""
+    if not (SHARED_DATA / "minif2f.jsonl").is_file():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
