@@ -8,6 +8,7 @@ exit code 2; nothing a user can cause ends in a traceback.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from typer.core import TyperGroup
 
 from prover.cli import bench, data, lean, model, prove, train
 from prover.cli.common import UserError, err_console
+
 
 class _Group(TyperGroup):
     """Turns a `UserError` raised anywhere below into one red line on stderr and its exit code."""
@@ -46,6 +48,16 @@ app.add_typer(data.app, name="data")
 
 @app.callback()
 def _global(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML run configuration ([policy], [verifier], [rollout], [training], [benchmark]); "
+            "command-line flags override it, it overrides the defaults.",
+            dir_okay=False,
+        ),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option(
@@ -57,8 +69,11 @@ def _global(
 ) -> None:
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
-        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+        raise UserError(f"--log-level: unknown log level {log_level!r} (use debug, info, warning or error)")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config is not None and not config.is_file():
+        raise UserError(f"--config {config}: no such file")
+    ctx.obj = {"config_file": config}
 
 
 def main() -> None:

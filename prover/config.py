@@ -1,0 +1,170 @@
+"""The run configuration: one pydantic model per part, composed, resolved in one place.
+
+Precedence (lowest to highest): the defaults below < a TOML file (`--config run.toml`) <
+command-line flags. `resolve_config` is the only function that merges them; every run writes
+the result next to its outputs (`write_resolved_config`), and that file passed back as
+`--config` reproduces the run.
+
+Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
+[rollout], [training], [benchmark]. Defaults name their source: GRPO values follow
+DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lean_env.config import VerifierConfig
+from policy.config import PolicyConfig
+from prover.errors import UserError
+
+RESOLVED_CONFIG_NAME = "config.resolved.toml"
+
+
+class ConfigError(UserError):
+    """The configuration file or a flag has a bad value; the message names the key."""
+
+
+class RolloutConfig(BaseModel):
+    """How prompts become verified samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_template: Literal["deepseek-prover-v1.5", "plain"] = Field(
+        "deepseek-prover-v1.5",
+        description="'deepseek-prover-v1.5': \"Complete the following Lean 4 code:\\n\\n```lean4\\n\" + header "
+        "+ informal_prefix + formal_statement (the field's standard non-CoT prompt); 'plain': the Lean text alone.",
+    )
+    group_size: int = Field(
+        8, ge=1, description="Samples per prompt (GRPO's G). 8 as in TRL's GRPOConfig num_generations default."
+    )
+    prompts_per_step: int = Field(32, ge=1, description="Distinct problems sampled per training step.")
+    verify_concurrency: int = Field(
+        64, ge=1, description="Candidates in flight to the verifier at once (bounded queue), per rollout worker."
+    )
+    num_workers: int = Field(1, ge=1, description="Ray rollout actors, each holding one generation engine.")
+
+
+class TrainingConfig(BaseModel):
+    """The learner: GRPO (and SFT) optimisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["grpo", "sft"] = Field("grpo", description="GRPO with verified rewards, or supervised fine-tuning.")
+    learning_rate: float = Field(
+        1e-6, gt=0, description="AdamW learning rate. 1e-6 as in DeepSeekMath's GRPO (and TRL's default)."
+    )
+    kl_coef: float = Field(
+        0.04, ge=0, description="beta, weight of the KL penalty to the reference policy. 0.04 as in DeepSeekMath."
+    )
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon of the clipped surrogate objective (PPO, DeepSeekMath).")
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward/backward pass.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    bias_update_speed: float = Field(
+        0.001, ge=0,
+        description="gamma of the aux-loss-free expert balancing bias update. 0.001 as in DeepSeek-V3 (sec 4.2).",
+    )
+    seed: int = Field(0, description="Seed for data order and initialisation.")
+    save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+
+
+class BenchmarkConfig(BaseModel):
+    """pass@k on a suite, reported so others can reproduce it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str = Field("minif2f-test", description="Suite name (data/suites.toml), a .jsonl/.lean path, or hf:owner/name.")
+    split: str | None = Field(None, description="Split to keep when the source has several (a suite fixes its own).")
+    limit: int | None = Field(None, ge=1, description="Only the first N problems (smoke runs; reports say so).")
+    samples: int = Field(32, ge=1, description="Samples per problem; pass@k is estimated for every k <= samples.")
+    k: list[int] = Field(
+        default_factory=lambda: [1, 8, 32],
+        description="Values of k to report, unbiased estimator of Chen et al. 2021 (Codex).",
+    )
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> BenchmarkConfig:
+        too_big = [k for k in self.k if k > self.samples or k < 1]
+        if too_big:
+            raise ValueError(f"k values {too_big} must lie in 1..samples (samples={self.samples})")
+        return self
+
+
+class ProverConfig(BaseModel):
+    """Everything a run needs; written next to its outputs as config.resolved.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: Path = Field(Path("runs/latest"), description="Where the run writes results, logs and this config.")
+    seed: int = Field(0, description="Global seed; parts that sample derive theirs from it.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{origin}: {key}: {first['msg']}{got}{more}"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+
+
+def resolve_config(config_file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> ProverConfig:
+    """defaults < TOML file < flags. `overrides` maps dotted keys ("verifier.timeout_s") to values;
+    None values mean "flag not given" and are skipped."""
+    tree: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    origin = str(config_file) if config_file else "defaults"
+    try:
+        ProverConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    try:
+        return ProverConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "command-line flags")) from None
+
+
+def write_resolved_config(config: ProverConfig, out_dir: Path | None = None) -> Path:
+    """Write the resolved config as TOML (None values omitted) into `out_dir` (default: its
+    own output_dir); feeding it back with --config reproduces the run."""
+    target_dir = out_dir or config.output_dir
+    target_dir.mkdir(parents=True, exist_ok=True)
+    path = target_dir / RESOLVED_CONFIG_NAME
+    data = config.model_dump(mode="json", exclude_none=True)
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
