@@ -8,6 +8,7 @@ Nothing happens at import time.
 
 from lean_env.errors import (
     LeanEnvError,
+    PoolSaturatedError,
     ReplCrashedError,
     ReplProtocolError,
     ReplStartError,
@@ -17,8 +18,8 @@ from lean_env.verdict import (
     Accepted,
     LeanMessage,
     NotChecked,
-    RejectReason,
     Rejected,
+    RejectReason,
     TimedOut,
     Verdict,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "LeanEnvError",
     "LeanMessage",
     "NotChecked",
+    "PoolSaturatedError",
     "RejectReason",
     "Rejected",
     "ReplCrashedError",

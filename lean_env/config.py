@@ -50,11 +50,22 @@ class VerifierConfig(BaseModel):
         description="RLIMIT_AS per REPL process, MiB. 16 GiB: 8 GiB is reported too small for a "
         "Mathlib REPL, 12-16 GiB works (REPL_PROTOCOL.md).",
     )
+    tactic_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Wall-clock limit per tactic in tactic mode (TacticSession.run), seconds. On "
+        "expiry the REPL process is killed and the session ends with ReplTimeoutError.",
+    )
     max_uses: int = Field(
         200, ge=1, description="Recycle a REPL after this many commands (memory grows with every env kept)."
     )
     max_rss_mb: int = Field(
         12288, ge=256, description="Recycle a REPL whose resident memory exceeds this, MiB."
+    )
+    max_queue: int = Field(
+        4096, ge=0,
+        description="Requests that may wait for a free REPL at once; one more raises "
+        "PoolSaturatedError at once (back-pressure, like kimina-lean-server's HTTP 429). "
+        "`Verifier.verify_batch` feeds the pool at its own pace and never hits it.",
     )
     retries: int = Field(
         2, ge=0, description="Retries of a candidate after an infrastructure failure (crash, garbage) before NotChecked."
@@ -62,6 +73,11 @@ class VerifierConfig(BaseModel):
     allowed_axioms: tuple[str, ...] = Field(
         STANDARD_AXIOMS,
         description="Axioms a proof may depend on (`#print axioms`). Default: Lean's three standard ones.",
+    )
+    standin_rules: Path | None = Field(
+        None,
+        description="Rule table of the stand-in REPL (backend 'standin'); see "
+        "lean_env.standin.rules for its format. Its verdicts are a test double's, not Lean's.",
     )
     kimina_url: str = Field(
         "http://127.0.0.1:8000", description="Base URL of a running kimina-lean-server (backend 'kimina')."

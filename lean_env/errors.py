@@ -42,3 +42,10 @@ class ReplTimeoutError(LeanEnvError):
 
 class ReplProtocolError(LeanEnvError):
     """The REPL wrote something that is not a JSON reply of the protocol."""
+
+
+class PoolSaturatedError(LeanEnvError):
+    """More requests wait for a REPL than `VerifierConfig.max_queue` allows (kimina's HTTP 429).
+
+    Back-pressure, not a verdict on any candidate: the caller should slow down and resubmit.
+    """

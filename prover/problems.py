@@ -25,7 +25,7 @@ import os
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,23 +170,27 @@ def _read_text(path: Path) -> str:
 # loaders
 
 
-def load_jsonl(path: Path, *, source: str | None = None) -> list[Problem]:
-    """DeepSeek-style jsonl; blank lines are skipped, every other line must be a problem."""
+def read_jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, parsed row) for every non-blank line; `where` is "file.jsonl:LINE" for messages."""
     text = _read_text(path)
-    label = path.name
-    problems = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{label}:{lineno}"
+        where = f"{path.name}:{lineno}"
         try:
-            row = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as exc:
             raise ProblemSetError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        problems.append(_problem_from_row(row, where=where, default_split="default",
-                                          default_source=source or path.stem))
+
+
+def load_jsonl(path: Path, *, source: str | None = None) -> list[Problem]:
+    """DeepSeek-style jsonl; blank lines are skipped, every other line must be a problem."""
+    problems = [
+        _problem_from_row(row, where=where, default_split="default", default_source=source or path.stem)
+        for where, row in read_jsonl_rows(path)
+    ]
     if not problems:
-        raise ProblemSetError(f"{label}: no problems in file")
+        raise ProblemSetError(f"{path.name}: no problems in file")
     return _assign_ids(problems)
 
 

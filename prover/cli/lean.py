@@ -1,11 +1,301 @@
-"""`prover lean`: install and inspect the Lean toolchain, and check proofs with the verifier."""
+"""`prover lean`: install and inspect the Lean toolchain, and check proofs with the verifier.
+
+    prover lean setup                 install elan, the pinned Lean, Mathlib's cache, the REPL
+    prover lean doctor [--json]       what is found and what is missing (exit 1 if anything is)
+    prover lean check PROOF.lean      exit 0 accepted, 1 rejected, 2 bad input
+    prover lean check-set PROOFS.jsonl --problems SET   every proof of a set, with a summary
+
+`check` runs the same pipeline as every other caller (`lean_env.verifier.Verifier`:
+precheck, Lean command, judge). `--static` runs only the checks that need no Lean and says
+so. Without a toolchain, `check` refuses (exit 2) rather than fall back to anything else;
+the stand-in REPL is available only when asked for by name (`--standin RULES.json`), and
+then every line of output says "stand-in (not Lean)".
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from prover.cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    JsonFlag,
+    UserError,
+    config_from_context,
+    console,
+    err_console,
+    print_json,
+)
 
 app = typer.Typer(
     help="Lean: set up the pinned toolchain and REPL (setup), report what is found (doctor), "
     "and check proof files against a problem's header and statement (check).",
     no_args_is_help=True,
 )
+
+STANDIN_LABEL = "stand-in (not Lean)"
+
+
+@app.command()
+def setup(
+    connect_timeout: Annotated[float, typer.Option(
+        "--connect-timeout", min=0.1,
+        help="Seconds to wait when probing each download host before giving up (offline "
+        "machines fail fast).")] = 5.0,
+) -> None:
+    """Install elan, the pinned Lean toolchain, Mathlib (with its build cache) and the REPL.
+
+    Needs network access to GitHub. Parts already present are skipped.
+    """
+    from lean_env.toolchain import SetupError, checked_by
+    from lean_env.toolchain import setup as run_setup
+
+    try:
+        tc = run_setup(connect_timeout_s=connect_timeout,
+                       progress=lambda msg: err_console.print(f"setup: {msg}", markup=False,
+                                                              highlight=False))
+    except SetupError as exc:
+        raise UserError(f"setup failed: {exc}") from None
+    _say(f"Lean is ready: {checked_by(tc)}; REPL at {tc.repl}")
+
+
+@app.command()
+def doctor(as_json: JsonFlag = False) -> None:
+    """Report the Lean toolchain, Mathlib cache and REPL this checkout would use (exit 1 if
+    anything is missing). Never downloads anything."""
+    from rich.table import Table
+
+    from lean_env.toolchain import doctor as run_doctor
+
+    report = run_doctor()
+    if as_json:
+        print_json(report.to_json())
+    else:
+        table = Table(title=f"Lean toolchain (pinned: {report.pins.toolchain}, "
+                      f"mathlib {report.pins.mathlib}, repl {report.pins.repl})")
+        for column in ("", "component", "found", "what to do"):
+            table.add_column(column)
+        for c in report.checks:
+            table.add_row("[green]ok[/]" if c.ok else "[red]missing[/]", c.name, c.found, c.fix)
+        console.print(table)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_REJECTED)
+
+
+def _read_proof(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
+
+
+def _target(path: Path, code: str, problem: str | None, problems: str | None) -> tuple[str, str, str]:
+    """(name, header, formal_statement) the file is checked against."""
+    from lean_env.acceptance import file_problem
+
+    if problem is None:
+        if problems is not None:
+            raise UserError("--problems needs --problem NAME (which problem of the set)")
+        own = file_problem(code)
+        if own is None:
+            raise UserError(f"{path}: no theorem found (pass --problem NAME --problems SET to "
+                            "check it against a problem)")
+        header, name, statement = own
+        return name, header, statement
+    if problems is None:
+        raise UserError("--problem needs --problems PATH_OR_SUITE (e.g. minif2f-valid)")
+    from prover.problems import load_problems
+
+    found = load_problems(problems, names=[problem])
+    if not found:
+        raise UserError(f"no problem named {problem!r} in {problems}")
+    p = found[0]
+    return p.name, p.header, p.formal_statement
+
+
+def _verifier(ctx: typer.Context, standin: Path | None, timeout: float | None,
+              workers: int | None = 1) -> Any:
+    from lean_env.toolchain import checked_by, find_toolchain, repl_command
+    from lean_env.verifier import Verifier
+
+    config = config_from_context(ctx, {"verifier.workers": workers,
+                                       "verifier.timeout_s": timeout}).verifier
+    if standin is not None:
+        if not standin.is_file():
+            raise UserError(f"{standin}: no such rule table")
+        config = config.model_copy(update={"backend": "standin", "standin_rules": standin})
+        return Verifier(config)
+    tc = find_toolchain()
+    if not tc.complete:
+        raise UserError("no Lean toolchain found (see `prover lean doctor`): run `prover lean "
+                        "setup`, or pass --static for the checks that need no Lean")
+    config = config.model_copy(update={"backend": "repl", "repl_command": repl_command(tc),
+                                       "project_dir": tc.project_dir})
+    return Verifier(config, checked_by=checked_by(tc))
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    proof: Annotated[Path, typer.Argument(help="Lean file with the proof (whole file, or the "
+                                          "theorem and its proof).")],
+    problem: Annotated[str | None, typer.Option(
+        "--problem", help="Check against this problem's header and statement (needs --problems). "
+        "Default: the file's own header and first theorem.")] = None,
+    problems: Annotated[str | None, typer.Option(
+        "--problems", help="Problem set holding --problem: a .jsonl/.lean path or a suite name "
+        "(minif2f-valid, ...).")] = None,
+    static: Annotated[bool, typer.Option(
+        "--static", help="Only the checks that need no Lean (header, statement, forbidden "
+        "constructs). Says clearly that Lean did not run.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0.1, help="Wall-clock limit for Lean, seconds (default: "
+        "verifier.timeout_s of the config).")] = None,
+    standin: Annotated[Path | None, typer.Option(
+        "--standin", help="TEST DOUBLE: check with the stand-in REPL and this rule table "
+        "instead of Lean. Its verdicts are not Lean's.", hidden=True)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check one proof file: exit 0 accepted, 1 rejected, 2 bad input."""
+    from lean_env.acceptance import precheck
+    from lean_env.verdict import Accepted
+    from lean_env.verifier import VerifyRequest
+
+    code = _read_proof(proof)
+    name, header, statement = _target(proof, code, problem, problems)
+    label = STANDIN_LABEL if standin is not None else None
+    verifier = None if static else _verifier(ctx, standin, timeout)   # exit 2 without Lean
+    checked_by = "static checks (no Lean ran)" if static else verifier.checked_by
+    try:
+        verdict = precheck(name, header, statement, code, checked_by=checked_by)
+    except ValueError as exc:   # the problem itself is malformed, not the proof
+        raise UserError(f"problem {name}: {exc}") from None
+    static_verdict = verdict is not None or verifier is None
+    lean_ran = False
+    if verifier is not None and verdict is None:
+        with verifier:
+            verdict = verifier.verify_batch([VerifyRequest(name, header, statement, code)])[0]
+        lean_ran = standin is None
+    passed = isinstance(verdict, Accepted) or (static and verdict is None)
+    if as_json:
+        out: dict[str, Any] = {"file": str(proof), "problem": name, "passed": passed,
+                               "static": static, "lean_ran": lean_ran, "checked_by": checked_by,
+                               "verdict": verdict.to_json() if verdict is not None else None}
+        if label:
+            out["backend"] = label
+        print_json(out)
+    else:
+        _print_human(name, verdict, static=static_verdict, label=label)
+    raise typer.Exit(EXIT_OK if passed else EXIT_REJECTED)
+
+
+def _say(text: str) -> None:
+    """One line of human output, printed as is (no rich markup: `[...]` is text here)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_human(name: str, verdict: Any, *, static: bool, label: str | None) -> None:
+    prefix = f"[{label}] " if label else ""
+    if verdict is None:
+        _say(f"{prefix}PASSED static checks: {name} (header, statement, no forbidden "
+             "constructs). Lean did not run: this is not a verified proof.")
+        return
+    word = {"accepted": "ACCEPTED", "rejected": "REJECTED", "timedout": "TIMED OUT",
+            "notchecked": "NOT CHECKED"}[verdict.kind]
+    what = getattr(verdict, "reason", None) or getattr(verdict, "cause", None) or ""
+    head = f"{prefix}{word}: {name}" + (f" ({what})" if what else "")
+    head += f" [checked by {verdict.checked_by}; {verdict.time_s:.2f} s]"
+    _say(head)
+    if static:
+        _say(f"{prefix}  (decided by the static checks: Lean did not run)")
+    detail = getattr(verdict, "detail", "")
+    for line in detail.splitlines():
+        _say(f"{prefix}  {line}")
+    if getattr(verdict, "axioms", None) is not None and word == "ACCEPTED":
+        _say(f"{prefix}  axioms: {', '.join(verdict.axioms) or 'none'}")
+    for m in getattr(verdict, "messages", ()):
+        for i, line in enumerate(str(m).splitlines()):
+            _say(f"{prefix}  {'' if i == 0 else '  '}{line}")
+
+
+@app.command("check-set")
+def check_set(
+    ctx: typer.Context,
+    proofs: Annotated[Path, typer.Argument(help="jsonl file, one proof a line: {\"name\": ..., "
+                                           "\"code\": whole Lean file or theorem + proof}.")],
+    problems: Annotated[str, typer.Option(
+        "--problems", help="Problem set the proofs belong to: a .jsonl/.lean path or a suite "
+        "name (minif2f-valid, ...).")],
+    static: Annotated[bool, typer.Option(
+        "--static", help="Only the checks that need no Lean. Says clearly that Lean did not run.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0.1, help="Wall-clock limit per proof, seconds (default: verifier.timeout_s).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="REPL processes (default: verifier.workers of the config).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write results.jsonl, summary.json and config.resolved.toml into this folder.",
+        file_okay=False)] = None,
+    standin: Annotated[Path | None, typer.Option(
+        "--standin", help="TEST DOUBLE: check with the stand-in REPL and this rule table "
+        "instead of Lean. Its verdicts are not Lean's.", hidden=True)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check every proof of a jsonl file against its problem: a table of outcomes, the failures,
+    and with --out the per-proof results. Exit 0 if all passed, 1 if any failed, 2 bad input."""
+    import json
+
+    from rich.markup import escape
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from prover.checking import STATIC_LABEL, check_proofs, load_proofs, summarize_results
+    from prover.config import write_resolved_config
+    from prover.problems import load_problems
+
+    entries = load_proofs(proofs)
+    problem_set = load_problems(problems)
+    verifier = None if static else _verifier(ctx, standin, timeout, workers)
+    checked_by = STATIC_LABEL if verifier is None else verifier.checked_by
+    label = STANDIN_LABEL if standin is not None else None
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"checking {len(entries)} proofs", total=len(entries))
+        results = check_proofs(entries, problem_set, verifier,
+                               progress=lambda done, total: bar.update(task, completed=done))
+    summary = summarize_results(results, checked_by=checked_by)
+    summary.update({"proofs": str(proofs), "problems": problems, "static": verifier is None})
+    if label:
+        summary["backend"] = label
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "results.jsonl").open("w", encoding="utf-8") as fh:
+            for r in results:
+                fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers})
+        if verifier is not None:   # what actually ran (backend, REPL command) rather than the defaults
+            run_config = run_config.model_copy(update={"verifier": verifier.config})
+        write_resolved_config(run_config, out)
+    if as_json:
+        print_json(summary)
+    else:
+        prefix = f"[{label}] " if label else ""
+        _say(f"{prefix}{summary['passed']}/{summary['total']} passed; checked by {checked_by}")
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("outcome")
+        table.add_column("proofs", justify="right")
+        for outcome, count in summary["outcomes"].items():
+            table.add_row(escape(f"{prefix}{outcome}"), str(count))
+        console.print(table)
+        for failure in summary["failed"][:20]:
+            _say(f"{prefix}  {failure['outcome']}: {failure['name']} ({failure['origin']})")
+        if len(summary["failed"]) > 20:
+            _say(f"{prefix}  ... and {len(summary['failed']) - 20} more (see --out or --json)")
+        if verifier is None:
+            _say("Lean did not run: `passed_static` proofs are not verified proofs.")
+        if out is not None:
+            _say(f"wrote {out}/results.jsonl, summary.json, config.resolved.toml")
+    raise typer.Exit(EXIT_OK if summary["passed"] == summary["total"] else EXIT_REJECTED)

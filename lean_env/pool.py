@@ -1,0 +1,542 @@
+"""A pool of warm REPL processes keyed by import header (kimina-lean-server's design).
+
+Importing Mathlib costs seconds and gigabytes, so each process imports its header once (a
+command without env) and every candidate of that header then runs against the returned env
+id: candidates never see each other, and none pays the import again. Headers are matched
+exactly, after trailing whitespace is normalised.
+
+Lifecycle of a process: started and importing -> idle <-> busy -> discarded. A process is
+discarded when it timed out (its group was killed), crashed, spoke garbage, served
+`config.max_uses` commands, or grew above `config.max_rss_mb`; a replacement for its header
+starts in the background at once (the warm spare), so a crash does not stall the queue.
+At most `config.workers` processes live at a time; a request for a header no idle process
+has takes a free slot, or evicts an idle process of another header.
+
+Crashes and garbage are retried on a fresh process up to `config.retries` times; a timeout
+is not retried (the candidate had its time). Requests beyond `config.max_queue` waiting
+ones raise `PoolSaturatedError` at once.
+
+Concurrency: the pool lives on one asyncio event loop; blocking REPL I/O runs in the pool's
+own thread pool, so the loop never blocks. Used with `async with`, it runs on the caller's
+loop; used with plain `with`, it runs its loop in a thread of its own and the sync methods
+(`run_sync`, `run_batch`, `lease`) submit to it. No process outlives the pool: closing it
+kills every process group it started, also after errors and cancellations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from lean_env.config import VerifierConfig
+from lean_env.errors import (
+    LeanEnvError,
+    PoolSaturatedError,
+    ReplCrashedError,
+    ReplProtocolError,
+    ReplStartError,
+    ReplTimeoutError,
+)
+from lean_env.protocol import CommandResponse, ErrorReply
+from lean_env.repl import ReplProcess
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def normalise_header(header: str) -> str:
+    """The pool's key for a header: trailing whitespace dropped from every line and the end."""
+    return "\n".join(line.rstrip() for line in header.rstrip().splitlines())
+
+
+@dataclass(eq=False)
+class _Repl:
+    """A pooled process and the env id of its imported header."""
+
+    process: ReplProcess
+    header: str
+    env: int | None = None
+    rss_mb: float = 0.0
+    inflight: asyncio.Future[Any] | None = None   # the worker thread now using `process`
+
+    @property
+    def commands(self) -> int:
+        return max(self.process.uses - 1, 0)  # the header import is not a command
+
+
+class ReplPool:
+    """`config.workers` warm REPLs keyed by header; see the module docstring.
+
+    `command` starts one REPL (argv), `cwd` is its working directory, `checked_by` the label
+    carried into verdicts.
+    """
+
+    def __init__(self, config: VerifierConfig, *, command: list[str], cwd: Path | None = None,
+                 checked_by: str) -> None:
+        self.config = config
+        self.command = list(command)
+        self.cwd = cwd
+        self.checked_by = checked_by
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._cond: asyncio.Condition | None = None
+        self._closing = False
+        self._idle: dict[str, list[_Repl]] = {}
+        self._live: set[_Repl] = set()               # starting, idle and busy: at most `workers`
+        self._processes: set[ReplProcess] = set()    # every process not yet closed
+        self._in_worker: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting = 0
+        self._counts = dict.fromkeys(
+            ("started", "start_failures", "recycled", "crashed", "protocol_errors", "timeouts",
+             "retries", "evicted", "served", "leases"), 0)
+
+    # -- async lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ReplPool:
+        self._open(asyncio.get_running_loop())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None:
+            raise RuntimeError("ReplPool is already open")
+        self._loop = loop
+        self._cond = asyncio.Condition()
+        self._closing = False
+        # Starts and commands block in these threads: one per process, plus room for the
+        # closes of discarded processes and the starts of their replacements.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2 * self.config.workers + 2, thread_name_prefix="repl-pool")
+
+    async def aclose(self) -> None:
+        """Kill every process, wait for the worker threads, reap everything (idempotent)."""
+        if self._loop is None or self._closing:
+            return
+        self._closing = True
+        try:
+            assert self._cond is not None
+            async with self._cond:
+                self._cond.notify_all()
+            # Killing first makes every blocked read return at once (EOF).
+            for process in list(self._processes):
+                process.kill()
+            while self._in_worker or self._tasks:
+                await asyncio.gather(*self._in_worker, *self._tasks, return_exceptions=True)
+            processes = list(self._processes)
+            await asyncio.gather(*(self._to_thread(p.close) for p in processes),
+                                 return_exceptions=True)
+        finally:
+            for process in list(self._processes):
+                process.close()  # only reached with threads gone; close() then is quick
+            self._processes.clear()
+            self._live.clear()
+            self._idle.clear()
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._executor = None
+            self._loop = None
+
+    # -- sync lifecycle (the pool's own loop in a thread) -------------------------------------------
+
+    def __enter__(self) -> ReplPool:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="repl-pool-loop", daemon=True)
+        thread.start()
+        self._loop_thread = thread
+        try:
+            asyncio.run_coroutine_threadsafe(self._open_async(), loop).result()
+        except BaseException:
+            self._stop_loop(loop, thread)
+            raise
+        return self
+
+    async def _open_async(self) -> None:
+        self._open(asyncio.get_running_loop())
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result()
+        finally:
+            self._stop_loop(loop, thread)
+
+    def _stop_loop(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._loop_thread = None
+        self._loop = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._loop is not None and not self._closing
+
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the pool's loop from synchronous code and return its result."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise RuntimeError("ReplPool is not open: use it in a `with` or `async with` block")
+        if threading.current_thread() is self._loop_thread or _running_loop() is loop:
+            coro.close()
+            raise RuntimeError("sync ReplPool call from inside its event loop: await the async API")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: do not leave the request running
+            raise
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def run_command(self, header: str, code: str, *, timeout_s: float | None = None,
+                          **options: Any) -> CommandResponse | ErrorReply:
+        """Run `code` in the env of `header` on a warm process; see `run_command_timed`."""
+        reply, _ = await self.run_command_timed(header, code, timeout_s=timeout_s, **options)
+        return reply
+
+    async def run_command_timed(self, header: str, code: str, *, timeout_s: float | None = None,
+                                **options: Any) -> tuple[CommandResponse | ErrorReply, float]:
+        """Run `code` against `header`'s env; also return the seconds Lean took (no queueing).
+
+        `timeout_s` defaults to `config.timeout_s`. Returns Lean's reply: a CommandResponse, or
+        an ErrorReply such as `"Lean error:..."`. Raises ReplTimeoutError (the process was
+        killed and is being replaced), PoolSaturatedError, or after `config.retries` retries
+        of crashes, garbage and failed starts, the last LeanEnvError.
+        """
+        key = normalise_header(header)
+        limit = self.config.timeout_s if timeout_s is None else timeout_s
+        last_error: LeanEnvError | None = None
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                self._counts["retries"] += 1
+            try:
+                repl = await self._checkout(key)
+            except (ReplStartError, ReplCrashedError, ReplProtocolError) as exc:
+                last_error = exc
+                self._raise_if_closing()
+                continue
+            env = repl.env
+
+            def call(process: ReplProcess, env: int | None = env) -> CommandResponse | ErrorReply:
+                return process.command(code, env=env, timeout_s=limit, **options)
+
+            try:
+                reply, seconds = await self._run_on(repl, call)
+            except ReplTimeoutError:
+                self._counts["timeouts"] += 1
+                self._discard(repl)
+                raise
+            except (ReplCrashedError, ReplProtocolError) as exc:
+                self._counts["crashed" if isinstance(exc, ReplCrashedError)
+                             else "protocol_errors"] += 1
+                self._discard(repl)
+                last_error = exc
+                continue
+            if isinstance(reply, ErrorReply) and reply.message == "Unknown environment.":
+                # Our own env id was refused: the process lost its state. Never the candidate's fault.
+                self._counts["protocol_errors"] += 1
+                self._discard(repl)
+                last_error = ReplProtocolError(f"REPL forgot header env {env}: {reply.message}")
+                continue
+            self._counts["served"] += 1
+            self._checkin(repl)
+            return reply, seconds
+        assert last_error is not None
+        raise last_error
+
+    def run_batch(self, items: Sequence[tuple[str, str]], *, timeout_s: float | None = None,
+                  ) -> list[CommandResponse | ErrorReply | LeanEnvError]:
+        """Sync batch API: run (header, code) pairs; failures come back as LeanEnvError values."""
+
+        async def one(header: str, code: str) -> CommandResponse | ErrorReply | LeanEnvError:
+            try:
+                return await self.run_command(header, code, timeout_s=timeout_s)
+            except LeanEnvError as exc:
+                return exc
+
+        async def run_all() -> list[CommandResponse | ErrorReply | LeanEnvError]:
+            return await gather_bounded([functools.partial(one, h, c) for h, c in items],
+                                        limit=self.config.workers * 2)
+
+        return self.run_sync(run_all())
+
+    # -- leases (tactic sessions) -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def alease(self, header: str, *, timeout_s: float | None = None,
+                     ) -> AsyncIterator[tuple[ReplProcess, int]]:
+        """A process of its own with `header` imported, and the header's env id.
+
+        The holder may send any requests (tactic mode, pickling) from one thread at a time.
+        `timeout_s` bounds the header import (default `config.header_timeout_s`). On a clean
+        exit the process goes back to the pool (recycled if worn out); after an exception,
+        or if it died, it is discarded and replaced.
+        """
+        key = normalise_header(header)
+        repl = await self._checkout(key, import_timeout_s=timeout_s)
+        self._counts["leases"] += 1
+        assert repl.env is not None
+        clean = False
+        try:
+            yield repl.process, repl.env
+            clean = True
+        finally:
+            if clean and repl.process.alive:
+                repl.rss_mb = await self._to_thread(repl.process.rss_mb)
+                self._checkin(repl)
+            else:
+                self._discard(repl)
+
+    @contextlib.contextmanager
+    def lease(self, header: str, *, timeout_s: float | None = None,
+              ) -> Iterator[tuple[ReplProcess, int]]:
+        """Synchronous `alease`, for code outside the pool's event loop."""
+        manager = self.alease(header, timeout_s=timeout_s)
+        leased = self.run_sync(manager.__aenter__())
+        try:
+            yield leased
+        except BaseException as exc:
+            self.run_sync(manager.__aexit__(type(exc), exc, exc.__traceback__))
+            raise
+        self.run_sync(manager.__aexit__(None, None, None))
+
+    # -- statistics ---------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters since open, and the pool's shape right now.
+
+        started/start_failures: processes started (header imported) / that failed to;
+        recycled: retired after max_uses or max_rss_mb; crashed, protocol_errors, timeouts:
+        processes lost to each; retries: extra attempts; evicted: idle processes closed for
+        another header; served: commands answered; leases; live/idle/busy: processes now;
+        waiting: requests queued for a process.
+        """
+        loop = self._loop
+        if loop is not None and self._loop_thread is not None \
+                and threading.current_thread() is not self._loop_thread:
+            # Read on the loop's thread, where the pool's state changes.
+            return asyncio.run_coroutine_threadsafe(self._stats_now(), loop).result()
+        return self._snapshot()
+
+    async def _stats_now(self) -> dict[str, int]:
+        return self._snapshot()
+
+    def _snapshot(self) -> dict[str, int]:
+        idle = sum(len(v) for v in self._idle.values())
+        return {**self._counts, "live": len(self._live), "idle": idle,
+                "busy": len(self._live) - idle, "waiting": self._waiting}
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _raise_if_closing(self) -> None:
+        if self._closing or self._loop is None:
+            raise ReplStartError("REPL pool is closed")
+
+    async def _to_thread(self, fn: Callable[[], T], *, repl: _Repl | None = None) -> T:
+        """Run blocking `fn` in the pool's threads, recording it as `repl`'s user.
+
+        Shielded: a cancelled caller leaves the thread running (its process is killed, so it
+        returns at once); `aclose` and `_close_and_replace` wait for it before closing pipes.
+        """
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._executor, fn)
+        self._in_worker.add(future)
+        future.add_done_callback(self._in_worker.discard)
+        if repl is not None:
+            repl.inflight = future
+        return await asyncio.shield(future)
+
+    async def _run_on(self, repl: _Repl, fn: Callable[[ReplProcess], T]) -> tuple[T, float]:
+        """`fn(process)` in a worker thread; returns its result and its duration in seconds."""
+
+        def timed() -> tuple[T, float]:
+            start = time.perf_counter()
+            result = fn(repl.process)
+            seconds = time.perf_counter() - start
+            repl.rss_mb = repl.process.rss_mb()  # here, not on the loop: psutil reads /proc
+            return result, seconds
+
+        try:
+            return await self._to_thread(timed, repl=repl)
+        except asyncio.CancelledError:
+            repl.process.kill()
+            self._discard(repl)
+            raise
+
+    async def _checkout(self, header: str, *, import_timeout_s: float | None = None) -> _Repl:
+        """An idle process with `header` imported: reuse one, start one, or evict and start."""
+        self._raise_if_closing()
+        assert self._cond is not None
+        async with self._cond:
+            while True:
+                self._raise_if_closing()
+                idle = self._idle.get(header)
+                if idle:
+                    return idle.pop()
+                if len(self._live) < self.config.workers:
+                    break
+                victim = self._evictable(header)
+                if victim is not None:
+                    self._counts["evicted"] += 1
+                    self._discard(victim, replace=False)
+                    break
+                if self._waiting >= self.config.max_queue:
+                    raise PoolSaturatedError(
+                        f"{self._waiting} requests already wait for a REPL "
+                        f"(max_queue={self.config.max_queue})")
+                self._waiting += 1
+                try:
+                    await self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            repl = self._new_repl(header)
+        try:
+            await self._start(repl, import_timeout_s)
+        except BaseException:
+            self._discard(repl, replace=False)
+            raise
+        return repl
+
+    def _evictable(self, header: str) -> _Repl | None:
+        """An idle process of another header (the one idle longest), if any."""
+        for other, idle in self._idle.items():
+            if other != header and idle:
+                return idle.pop(0)
+        return None
+
+    def _new_repl(self, header: str) -> _Repl:
+        process = ReplProcess(self.command, cwd=self.cwd, memory_limit_mb=self.config.memory_limit_mb,
+                              checked_by=self.checked_by)
+        repl = _Repl(process=process, header=header)
+        self._live.add(repl)
+        self._processes.add(process)
+        return repl
+
+    async def _start(self, repl: _Repl, import_timeout_s: float | None) -> None:
+        """Start the process and import the header (a command without env) in a worker thread.
+
+        Every failure is a ReplStartError (a slow import is not the candidate's timeout) or
+        the crash/protocol error that caused it.
+        """
+        limit = self.config.header_timeout_s if import_timeout_s is None else import_timeout_s
+
+        def start_and_import() -> CommandResponse | ErrorReply:
+            repl.process.start()
+            return repl.process.command(repl.header, timeout_s=limit)
+
+        try:
+            try:
+                reply = await self._to_thread(start_and_import, repl=repl)
+            except ReplTimeoutError as exc:
+                raise ReplStartError(f"header import took longer than {limit:g} s") from exc
+            if isinstance(reply, ErrorReply):
+                raise ReplStartError(f"header import failed: {reply.message[:300]}")
+            if reply.errors or reply.env is None:
+                problem = "; ".join(str(m) for m in reply.errors) or "no env id in the reply"
+                raise ReplStartError(f"header import failed: {problem[:300]}")
+        except LeanEnvError:
+            self._counts["start_failures"] += 1
+            raise
+        repl.env = reply.env
+        self._counts["started"] += 1
+
+    def _checkin(self, repl: _Repl) -> None:
+        """Back to idle, or retired (and replaced) if worn out."""
+        if self._closing:
+            self._discard(repl, replace=False)
+            return
+        if repl.commands >= self.config.max_uses or repl.rss_mb > self.config.max_rss_mb:
+            self._counts["recycled"] += 1
+            self._discard(repl)
+            return
+        self._idle.setdefault(repl.header, []).append(repl)
+        self._notify()
+
+    def _discard(self, repl: _Repl, *, replace: bool = True) -> None:
+        """Retire a process: close it in the background and, unless closing, start a spare."""
+        self._live.discard(repl)
+        idle = self._idle.get(repl.header)
+        if idle and repl in idle:
+            idle.remove(repl)
+        repl.process.kill()
+        self._spawn(self._close_and_replace(repl, replace))
+
+    async def _close_and_replace(self, repl: _Repl, replace: bool) -> None:
+        if repl.inflight is not None:
+            # The killed process's thread returns at once; only then may its pipes close.
+            await asyncio.wait([repl.inflight])
+        await self._to_thread(repl.process.close)
+        self._processes.discard(repl.process)
+        if not replace or self._closing or len(self._live) >= self.config.workers:
+            self._notify()
+            return
+        spare = self._new_repl(repl.header)
+        try:
+            await self._start(spare, None)
+        except LeanEnvError as exc:
+            if not self._closing:
+                log.warning("spare REPL failed to start: %s", exc)
+            self._discard(spare, replace=False)
+            return
+        self._checkin(spare)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _notify(self) -> None:
+        """Wake the requests waiting for a process (from synchronous code on the loop)."""
+        cond = self._cond
+        if cond is None:
+            return
+
+        async def wake() -> None:
+            async with cond:
+                cond.notify_all()
+
+        self._spawn(wake())
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def gather_bounded(factories: Sequence[Callable[[], Awaitable[T]]], *, limit: int) -> list[T]:
+    """Await `factories[i]()` with at most `limit` in flight; results in input order.
+
+    Keeps the pool's queue short (so `max_queue` is never hit by our own batches) and
+    creates coroutines only when they can start.
+    """
+    results: list[Any] = [None] * len(factories)
+    counter = itertools.count()
+
+    async def drain() -> None:
+        while (i := next(counter)) < len(factories):
+            results[i] = await factories[i]()
+
+    await asyncio.gather(*(drain() for _ in range(max(1, min(limit, len(factories))))))
+    return results

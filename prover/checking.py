@@ -1,0 +1,130 @@
+"""Check a whole set of proofs against a problem set: `prover lean check-set`.
+
+The use: re-verify released proofs (e.g. DeepSeek-Prover-V2's miniF2F solutions) under our
+pinned Lean and our acceptance rules, or check a run's outputs again. A proof file is jsonl
+with `name` and `code` (a whole Lean file, or the theorem and its proof) per line; each proof
+is matched to its problem by id or name and goes through the same `Verifier` pipeline as
+every other caller. With no verifier (static mode) only the checks that need no Lean run, and
+results say so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lean_env.acceptance import precheck
+from lean_env.verdict import Verdict
+from lean_env.verifier import Verifier, VerifyRequest
+from prover.errors import UserError
+from prover.problems import Problem, ProblemSetError, read_jsonl_rows
+
+STATIC_LABEL = "static checks (no Lean ran)"
+
+
+@dataclass(frozen=True)
+class ProofEntry:
+    name: str
+    code: str
+    origin: str   # "proofs.jsonl:12"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One proof's outcome. `verdict` is None when only static checks ran and all passed."""
+
+    entry: ProofEntry
+    problem: Problem
+    verdict: Verdict | None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is None or self.verdict.accepted
+
+    @property
+    def outcome(self) -> str:
+        """"accepted", "passed_static", "rejected:<reason>", "timedout", "notchecked:<cause>"."""
+        v = self.verdict
+        if v is None:
+            return "passed_static"
+        detail = getattr(v, "reason", None) or getattr(v, "cause", None)
+        return f"{v.kind}:{detail}" if detail and not v.accepted else v.kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.entry.name, "problem_id": self.problem.id, "origin": self.entry.origin,
+                "outcome": self.outcome, "passed": self.passed,
+                "verdict": self.verdict.to_json() if self.verdict is not None else None}
+
+
+def load_proofs(path: Path) -> list[ProofEntry]:
+    """Rows with `name` and `code`; malformed rows raise one-line errors naming file and line."""
+    entries = []
+    for where, row in read_jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise ProblemSetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in ("name", "code"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                problem = "missing field" if row.get(key) is None else "empty or non-string field"
+                raise ProblemSetError(f"{where}: {problem} '{key}'")
+        entries.append(ProofEntry(name=row["name"].strip(), code=row["code"], origin=where))
+    if not entries:
+        raise ProblemSetError(f"{path.name}: no proofs in file")
+    return entries
+
+
+def match_problems(entries: Sequence[ProofEntry], problems: Sequence[Problem]) -> list[Problem]:
+    """The problem of each proof, by id first, then by name (which must then be unambiguous)."""
+    by_id = {p.id: p for p in problems}
+    by_name: dict[str, list[Problem]] = {}
+    for p in problems:
+        by_name.setdefault(p.name, []).append(p)
+    matched, unknown = [], []
+    for entry in entries:
+        if entry.name in by_id and len(by_name.get(entry.name, [])) <= 1:
+            matched.append(by_id[entry.name])
+        elif len(by_name.get(entry.name, [])) > 1:
+            ids = ", ".join(p.id for p in by_name[entry.name])
+            raise UserError(f"{entry.origin}: name {entry.name!r} is ambiguous in the problem set "
+                            f"(ids {ids}); name the proof by id")
+        elif entry.name in by_id:
+            matched.append(by_id[entry.name])
+        else:
+            unknown.append(entry)
+    if unknown:
+        shown = ", ".join(f"{e.name} ({e.origin})" for e in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"{len(unknown)} proof(s) name no problem of the set: {shown}{more}")
+    return matched
+
+
+def check_proofs(entries: Sequence[ProofEntry], problems: Sequence[Problem], verifier: Verifier | None,
+                 *, progress: Callable[[int, int], None] | None = None) -> list[CheckResult]:
+    """Verdicts for every proof, in file order. `verifier=None`: static checks only."""
+    matched = match_problems(entries, problems)
+    if verifier is None:
+        results = []
+        for i, (entry, problem) in enumerate(zip(entries, matched, strict=True), start=1):
+            verdict = precheck(problem.name, problem.header, problem.formal_statement, entry.code,
+                               checked_by=STATIC_LABEL)
+            results.append(CheckResult(entry, problem, verdict))
+            if progress:
+                progress(i, len(entries))
+        return results
+    requests = [VerifyRequest(p.name, p.header, p.formal_statement, e.code) for e, p in zip(entries, matched, strict=True)]
+    verdicts = verifier.verify_batch(requests, progress=progress)
+    return [CheckResult(e, p, v) for e, p, v in zip(entries, matched, verdicts, strict=True)]
+
+
+def summarize_results(results: Sequence[CheckResult], *, checked_by: str) -> dict[str, Any]:
+    outcomes = Counter(r.outcome for r in results)
+    return {
+        "checked_by": checked_by,
+        "total": len(results),
+        "passed": sum(r.passed for r in results),
+        "outcomes": dict(sorted(outcomes.items())),
+        "failed": [{"name": r.entry.name, "outcome": r.outcome, "origin": r.entry.origin}
+                   for r in results if not r.passed],
+    }
