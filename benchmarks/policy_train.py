@@ -1,0 +1,398 @@
+"""Training throughput of our policy model against its peers on the same configuration.
+
+Measures tokens/s, MFU and peak memory for one training step (forward, loss, backward, AdamW)
+of our `Transformer` (policy/model.py), transformers' `DeepseekV3ForCausalLM` and torchtitan
+0.2.2's DeepSeek-V3 (when importable; "unavailable" otherwise), all built from the same preset,
+eager and with torch.compile (per transformer block for every model), in one run. The setting
+of ../shared/MACHINES.md: preset small, batch 8 x 2048 tokens, bf16 weights, AdamW.
+
+MFU = 6 * active params * tokens/s / peak bf16 FLOP/s (attention FLOPs not counted, as in that
+file's baseline numbers; H100 SXM dense bf16 peak 989 TFLOP/s, `--peak-tflops`). `ours` trains
+without MTP for a like-for-like comparison; `ours+mtp` adds the preset's MTP modules (its MFU
+counts their parameters, not the second use of the shared head). Each (model, mode) runs in
+its own try block: a failure is recorded in the JSON and the run goes on.
+
+    python benchmarks/policy_train.py --out $OUT/policy_train.json           # GPU, full run
+    python benchmarks/policy_train.py --device cpu --preset tiny --batch 2 --seq 128 --steps 3
+
+On the GPU machine (Python 3.12, no pydantic, no torchtitan) in one `run` call, carrying the
+wheels staged in .whl/policy_train (git-ignored: torchtitan 0.2.2 and the dependencies
+../shared/MACHINES.md lists, plus pydantic for policy.parallelize):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/policy_train/*.whl &&
+    PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 python3 benchmarks/policy_train.py --out $OUT/policy_train.json
+Eager runs go first and the JSON is rewritten after every run, so a run cut short by the time
+limit still leaves its finished rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import platform
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policy.balancing import register_bias_update_hook  # noqa: E402
+from policy.checkpoint import hf_config  # noqa: E402
+from policy.model import ModelArgs, Transformer, count_parameters  # noqa: E402
+from policy.parallelize import SpeedConfig, parallelize  # noqa: E402
+from policy.presets import PRESETS  # noqa: E402
+
+MODELS = ("ours", "ours+mtp", "transformers", "torchtitan")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=int, default=8, help="sequences per step")
+    p.add_argument("--seq", type=int, default=2048, help="tokens per sequence")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (compilation happens here)"
+    )
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available)")
+    p.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weight dtype"
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="peak dense FLOP/s of the device in TFLOP/s for MFU (H100 SXM bf16: 989)",
+    )
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated subset of eager,compile (default: both on CUDA, eager on CPU)",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        default="none",
+        choices=["none", "full", "selective"],
+        help="for our model only (peers run without)",
+    )
+    p.add_argument(
+        "--fullgraph", action="store_true", help="compile our blocks with fullgraph=True"
+    )
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument(
+        "--profile", action="store_true", help="add a torch.profiler top-kernel table per run"
+    )
+    p.add_argument("--profile-top", type=int, default=15, help="rows of the profiler table")
+    p.add_argument("--out", type=Path, default=Path("policy_train.json"), help="JSON output path")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        p.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.modes is None:
+        args.modes = "eager,compile" if args.device == "cuda" else "eager"
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(args.modes) - {"eager", "compile"}:
+        p.error(f"--modes must be eager and/or compile, got {args.modes}")
+    return args
+
+
+# ---- model builders: each returns (model, loss_fn(tokens) -> scalar) ----
+
+
+def build_ours(margs: ModelArgs, opts: argparse.Namespace, compile_: bool, mtp: bool):
+    margs = dataclasses.replace(margs, n_mtp_layers=margs.n_mtp_layers if mtp else 0)
+    with torch.device(opts.device):
+        model = Transformer(margs)
+    model.to(getattr(torch, opts.dtype))
+    parallelize(
+        model,
+        SpeedConfig(
+            activation_checkpointing=opts.activation_checkpointing,
+            compile=compile_,
+            compile_fullgraph=opts.fullgraph,
+        ),
+    )
+    return model, lambda tokens: model.loss(tokens, mtp=mtp).loss
+
+
+def build_transformers(margs: ModelArgs, opts: argparse.Namespace, compile_: bool):
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    keys = {
+        k: v for k, v in hf_config(margs).items() if k not in ("policy_training", "architectures")
+    }
+    keys["num_nextn_predict_layers"] = 0
+    config = DeepseekV3Config(**keys)
+    config._attn_implementation = "sdpa"
+    with torch.device(opts.device):
+        model = DeepseekV3ForCausalLM(config)
+    model.to(getattr(torch, opts.dtype))
+    if compile_:
+        for layer in model.model.layers:
+            layer.compile()
+
+    def loss_fn(tokens):
+        return model(input_ids=tokens, labels=tokens).loss
+
+    return model, loss_fn
+
+
+def build_torchtitan(margs: ModelArgs, opts: argparse.Namespace, compile_: bool):
+    """torchtitan 0.2.2's DeepSeek-V3, built as ../shared/MACHINES.md describes."""
+    try:
+        from torchtitan.models.deepseek_v3 import DeepSeekV3Model, DeepSeekV3ModelArgs
+        from torchtitan.models.moe import MoEArgs
+    except ImportError as exc:
+        raise ImportError(f"unavailable: torchtitan not importable ({exc})") from exc
+
+    def known(cls, **kwargs):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+    moe = known(
+        MoEArgs,
+        num_experts=margs.n_routed_experts,
+        num_shared_experts=margs.n_shared_experts,
+        score_func="sigmoid",
+        route_norm=margs.norm_topk_prob,
+        route_scale=margs.route_scale,
+        top_k=margs.n_activated_experts,
+        num_expert_groups=margs.n_expert_groups,
+        num_limited_groups=margs.n_limited_groups,
+        use_grouped_mm=opts.device == "cuda",
+        load_balance_coeff=margs.bias_update_speed,
+    )
+    targs = known(
+        DeepSeekV3ModelArgs,
+        vocab_size=margs.vocab_size,
+        dim=margs.dim,
+        inter_dim=margs.inter_dim,
+        moe_inter_dim=margs.moe_inter_dim,
+        n_layers=margs.n_layers,
+        n_dense_layers=margs.n_dense_layers,
+        n_heads=margs.n_heads,
+        norm_eps=margs.norm_eps,
+        moe_args=moe,
+        n_expert_groups=margs.n_expert_groups,
+        n_limited_groups=margs.n_limited_groups,
+        q_lora_rank=margs.q_lora_rank,
+        kv_lora_rank=margs.kv_lora_rank,
+        qk_nope_head_dim=margs.qk_nope_head_dim,
+        qk_rope_head_dim=margs.qk_rope_head_dim,
+        v_head_dim=margs.v_head_dim,
+        attn_type="sdpa",
+        max_seq_len=opts.seq,
+        original_seq_len=max(opts.seq, margs.original_seq_len),
+        rope_theta=margs.rope_theta,
+    )
+    targs.moe_impl = "standard"  # normally set by torchtitan's trainer
+    device = torch.device(opts.device)
+    with device:
+        model = DeepSeekV3Model(targs)
+    with torch.no_grad():
+        model.init_weights(buffer_device=device)
+    model.to(getattr(torch, opts.dtype))
+    if compile_:
+        blocks = model.layers.values() if hasattr(model.layers, "values") else model.layers
+        for block in blocks:
+            block.compile()
+
+    def loss_fn(tokens):
+        logits = model(tokens)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    return model, loss_fn
+
+
+# ---- measurement ----
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def profile_table(step: Callable[[], Any], device: str, top: int) -> list[dict[str, Any]]:
+    """Top ops by self device time (CPU time on CPU) over two profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        sync(device)
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [
+        {
+            "name": e.key,
+            "self_ms_per_step": round(getattr(e, key) / 1e3 / 2, 3),
+            "percent": round(100 * getattr(e, key) / total, 2),
+            "calls_per_step": e.count // 2,
+        }
+        for e in events[:top]
+    ]
+
+
+def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) -> dict[str, Any]:
+    compile_ = mode == "compile"
+    row: dict[str, Any] = {"model": name, "mode": mode}
+    counts = count_parameters(margs)
+    active = counts["active"] + (counts["mtp_active"] if name == "ours+mtp" else 0)
+    row["params_active"] = active
+    if opts.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    if name in ("ours", "ours+mtp"):
+        model, loss_fn = build_ours(margs, opts, compile_, mtp=name == "ours+mtp")
+    elif name == "transformers":
+        model, loss_fn = build_transformers(margs, opts, compile_)
+        row["experts_implementation"] = getattr(model.config, "_experts_implementation", None)
+    else:
+        model, loss_fn = build_torchtitan(margs, opts, compile_)
+    model.train()
+    row["params_total"] = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, fused=opts.device == "cuda")
+    if name.startswith("ours"):
+        register_bias_update_hook(optimizer, model)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, margs.vocab_size, (opts.batch, opts.seq), generator=generator).to(
+        opts.device
+    )
+    losses: list[float] = []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(tokens)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+
+    start = time.perf_counter()
+    for _ in range(opts.warmup):
+        step()
+    sync(opts.device)
+    row["warmup_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    for _ in range(opts.steps):
+        step()
+    sync(opts.device)
+    elapsed = time.perf_counter() - start
+    tokens_per_s = opts.batch * opts.seq * opts.steps / elapsed
+    row.update(
+        {
+            "step_s": round(elapsed / opts.steps, 5),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "mfu": round(6 * active * tokens_per_s / (opts.peak_tflops * 1e12), 5),
+            "loss_first": round(float(losses[0]), 4),
+            "loss_last": round(float(losses[-1]), 4),
+        }
+    )
+    if opts.device == "cuda":
+        row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+    else:  # process-wide high-water mark: it only grows across runs
+        row["peak_rss_gb_process"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3
+        )
+    if opts.profile:
+        row["profile_top"] = profile_table(step, opts.device, opts.profile_top)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    opts = parse_args(argv)
+    margs = PRESETS[opts.preset]
+    if opts.seq > margs.max_seq_len:
+        margs = dataclasses.replace(margs, max_seq_len=opts.seq)
+    import transformers
+
+    report: dict[str, Any] = {
+        "benchmark": "policy_train",
+        "config": {
+            "preset": opts.preset,
+            "batch": opts.batch,
+            "seq": opts.seq,
+            "steps": opts.steps,
+            "warmup": opts.warmup,
+            "dtype": opts.dtype,
+            "optimizer": f"AdamW(lr={opts.lr})",
+            "activation_checkpointing_ours": opts.activation_checkpointing,
+            "peak_tflops": opts.peak_tflops,
+            "model_args": margs.to_dict(),
+        },
+        "params": count_parameters(margs),
+        "environment": {
+            "device": torch.cuda.get_device_name()
+            if opts.device == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "results": [],
+    }
+    for mode in opts.modes:
+        for name in opts.models:
+            try:
+                row = run_one(name, mode, margs, opts)
+            except Exception as exc:  # one failing model must not lose the others' numbers
+                message = (
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                row = {
+                    "model": name,
+                    "mode": mode,
+                    "error": f"{type(exc).__name__}: {message}"[:500],
+                }
+                if not message.startswith("unavailable"):
+                    row["traceback_tail"] = traceback.format_exc().splitlines()[-6:]
+            finally:
+                if mode == "compile":
+                    torch._dynamo.reset()  # drop compiled graphs (and the weights they guard)
+                gc.collect()
+                if opts.device == "cuda":
+                    torch.cuda.empty_cache()
+            report["results"].append(row)
+            print(
+                json.dumps(
+                    {k: v for k, v in row.items() if k not in ("profile_top", "traceback_tail")}
+                ),
+                flush=True,
+            )
+            write_report(report, opts)
+    print(f"wrote {opts.out}")
+    return report
+
+
+def write_report(report: dict[str, Any], opts: argparse.Namespace) -> None:
+    """(Re)write the JSON with the rows so far and ours/peer tokens-per-second ratios."""
+    ok = {
+        (r["model"], r["mode"]): r["tokens_per_s"] for r in report["results"] if "tokens_per_s" in r
+    }
+    report["speedup"] = {
+        f"ours/{peer} ({mode})": round(ok[("ours", mode)] / ok[(peer, mode)], 3)
+        for peer in ("transformers", "torchtitan")
+        for mode in opts.modes
+        if ("ours", mode) in ok and (peer, mode) in ok
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Routed-expert compute for DeepSeekMoE: grouped matrix multiplies over tokens sorted by expert.
+
+The fast path follows torchtitan's MoE: the (token, slot) pairs chosen by the router are sorted
+by expert, each expert's rows form one contiguous group, and the two expert matmuls run as
+grouped GEMMs (`torch.nn.functional.grouped_mm` / `torch._grouped_mm`: one kernel for all
+experts, no host sync). Where the native grouped GEMM is not available (float32 on CUDA, float32
+under compile) a padded batched matmul over experts takes its place. `routed_experts_loop` is the plain
+reference (a Python loop over experts, like transformers' eager experts) that tests hold the
+grouped path equal to, forward and backward.
+
+Expert weights use transformers' fused layout: `gate_up_proj` (E, 2*I, D) with the gate rows
+first, `down_proj` (E, D, I). The checkpoint code splits them into DeepSeek's per-expert names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Rows per expert group are padded to a multiple of this on CUDA: the grouped GEMM's backward
+# (a 2-D x 2-D product grouped along the token dimension) needs every group to start on a
+# 16-byte boundary; 16 rows covers bf16 and fp8 (torchtitan's TOKEN_GROUP_ALIGN_SIZE_M).
+CUDA_GROUP_ALIGN = 16
+
+
+def _native_grouped_mm():
+    """torch's grouped GEMM: public `F.grouped_mm` in torch >= 2.10, `torch._grouped_mm` before."""
+    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def native_grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's grouped GEMM takes these inputs: bf16 (CPU, and CUDA, where the kernel
+    targets Hopper and newer: our training GPUs), and float32 on CPU in eager mode only (eager
+    CPU accepts it, checked on torch 2.13 forward and backward, but the op's compile-time shape
+    function insists on bf16). Decided from dtype and device type alone so that torch.compile
+    traces it without a graph break."""
+    if _native_grouped_mm() is None:
+        return False
+    if device.type == "cpu":
+        return dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+    return device.type == "cuda" and dtype == torch.bfloat16
+
+
+def padded_grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """Grouped matmul by padding every group to the largest one and running one `bmm`.
+
+    x (M, K) rows sorted by group; w (E, K, N); offs (E,) cumulative group ends (int32).
+    Returns (M, N). One host sync (the largest group size) per call: the fallback's price.
+    """
+    counts = torch.diff(offs.long(), prepend=offs.new_zeros(1).long())  # (E,)
+    starts = offs.long() - counts
+    capacity = int(counts.max().item()) if x.shape[0] else 0
+    if capacity == 0:
+        return x.new_zeros(x.shape[0], w.shape[-1])
+    rows = torch.arange(capacity, device=x.device)
+    valid = rows[None, :] < counts[:, None]  # (E, C)
+    index = (starts[:, None] + rows[None, :]).clamp(max=x.shape[0] - 1)  # (E, C)
+    padded = x[index] * valid[..., None].to(x.dtype)  # (E, C, K)
+    # Boolean indexing walks (E, C) row-major, i.e. back in sorted-row order.
+    return torch.bmm(padded, w)[valid]
+
+
+def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """x (M, K) sorted by group, w (E, K, N), offs (E,) int32 group ends -> (M, N)."""
+    if native_grouped_mm_supported(x.device, x.dtype):
+        return _native_grouped_mm()(x, w, offs=offs)
+    return padded_grouped_mm(x, w, offs)
+
+
+def routed_experts_grouped(
+    x: Tensor,
+    indices: Tensor,
+    weights: Tensor,
+    gate_up_proj: Tensor,
+    down_proj: Tensor,
+    *,
+    align: int | None = None,
+) -> Tensor:
+    """SwiGLU experts over routed tokens as two grouped GEMMs.
+
+    x (N, D) tokens; indices (N, k) chosen experts; weights (N, k) combine weights (float32);
+    gate_up_proj (E, 2I, D); down_proj (E, D, I). Returns (N, D) = sum_j w_j * FFN_{e_j}(x).
+    `align` pads each expert's row group to a multiple of it (default: 16 on CUDA, 1 elsewhere).
+    """
+    n_tokens, dim = x.shape
+    top_k = indices.shape[1]
+    n_experts = gate_up_proj.shape[0]
+    if align is None:
+        align = CUDA_GROUP_ALIGN if x.is_cuda else 1
+
+    flat = indices.reshape(-1)  # (N*k,) expert of each (token, slot)
+    order = torch.argsort(flat, stable=True)  # slots sorted by expert
+    counts = torch.zeros(n_experts, dtype=torch.long, device=x.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,) no host sync, unlike bincount
+    rows = x[order // top_k]  # (N*k, D) token rows in expert order
+
+    if align > 1:
+        # Scatter the sorted rows into a buffer where every group starts at a multiple of
+        # `align`; its size is a static upper bound so shapes stay fixed under torch.compile.
+        padded_counts = (counts + align - 1) // align * align
+        shift = (padded_counts.cumsum(0) - padded_counts) - (counts.cumsum(0) - counts)  # (E,)
+        dest = torch.arange(flat.numel(), device=x.device) + shift[flat[order]]
+        capacity = flat.numel() + n_experts * (align - 1)
+        rows = rows.new_zeros(capacity, dim).index_copy(0, dest, rows)
+        offs = padded_counts.cumsum(0).to(torch.int32)
+    else:
+        offs = counts.cumsum(0).to(torch.int32)
+
+    gate, up = grouped_mm(rows, gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
+    out = grouped_mm(F.silu(gate) * up, down_proj.transpose(1, 2), offs)  # (rows, D)
+    if align > 1:
+        out = out[dest]
+    # Back to (token, slot) order (a permutation: index_copy's backward is a gather), then the
+    # weighted sum over the k slots as one batched matmul: (N, 1, k) @ (N, k, D).
+    out = out.new_empty(out.shape).index_copy(0, order, out)
+    combined = torch.bmm(weights.to(out.dtype).unsqueeze(1), out.view(n_tokens, top_k, dim))
+    return combined.squeeze(1)
+
+
+def routed_experts_loop(
+    x: Tensor, indices: Tensor, weights: Tensor, gate_up_proj: Tensor, down_proj: Tensor
+) -> Tensor:
+    """Reference: the same experts as a Python loop over experts (host syncs, one matmul each)."""
+    out = torch.zeros_like(x)
+    for expert in range(gate_up_proj.shape[0]):
+        token, slot = torch.where(indices == expert)
+        if token.numel() == 0:
+            continue
+        gate, up = F.linear(x[token], gate_up_proj[expert]).chunk(2, dim=-1)
+        y = F.linear(F.silu(gate) * up, down_proj[expert])
+        out.index_add_(0, token, (y * weights[token, slot, None]).to(out.dtype))
+    return out

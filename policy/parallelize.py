@@ -1,0 +1,79 @@
+"""Training-speed wrappers applied to a policy `Transformer` from outside (torchtitan style):
+activation checkpointing and torch.compile per transformer block. The model code stays plain.
+
+Each block (main layers and the MTP modules' blocks) is wrapped in place, so parameter names and
+state-dict keys are unchanged (checkpoint_wrapper strips its prefix from state dicts, and
+`Module.compile` compiles in place) and `policy.checkpoint` saves the result as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+from policy.model import Transformer
+
+
+class SpeedConfig(BaseModel):
+    """How a policy model is prepared for training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activation_checkpointing: Literal["none", "full", "selective"] = Field(
+        "none",
+        description="Recompute activations in backward: 'full' keeps only each block's input; "
+        "'selective' also keeps matmul outputs (torchtitan's op-level SAC), trading memory for "
+        "less recompute; 'none' stores everything (fastest when memory allows).",
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block (inductor).")
+    compile_fullgraph: bool = Field(
+        False,
+        description="Require one graph per block (errors on graph breaks instead of falling back).",
+    )
+
+
+# Ops whose outputs selective checkpointing saves rather than recomputes (matmuls, the MoE's
+# grouped GEMMs and attention: the expensive ones).
+_SAVE_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+}
+if hasattr(torch.ops.aten, "_grouped_mm"):
+    _SAVE_OPS.add(torch.ops.aten._grouped_mm.default)
+
+
+def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context():
+    return create_selective_checkpoint_contexts(_selective_policy)
+
+
+def parallelize(model: Transformer, config: SpeedConfig) -> Transformer:
+    """Apply activation checkpointing, then compilation, to every block of `model` in place."""
+    containers = [(model.layers, i) for i in range(len(model.layers))]
+    containers += [(mtp, "block") for mtp in model.mtp]
+    for parent, key in containers:
+        block = parent[key] if isinstance(key, int) else getattr(parent, key)
+        if config.activation_checkpointing == "full":
+            block = checkpoint_wrapper(block, preserve_rng_state=False)
+        elif config.activation_checkpointing == "selective":
+            block = checkpoint_wrapper(
+                block, preserve_rng_state=False, context_fn=_selective_context
+            )
+        if config.compile:
+            block.compile(fullgraph=config.compile_fullgraph)
+        if isinstance(key, int):
+            parent[key] = block
+        else:
+            setattr(parent, key, block)
+    return model
