@@ -14,6 +14,12 @@ everything built on its replies carries `CHECKED_BY`.
 
 Start it like a real REPL: `python -m lean_env.standin --rules RULES.json [--state-dir DIR]`,
 or take the argv from `command()`.
+
+Two tables ship for demos where no Lean can be had (the README's main job), in `TABLES_DIR`:
+`accept_unless_sorry.json` (the default behaviour: anything without `sorry` is accepted; fit
+for proofs Lean is known to have accepted) and `reject_unjudged.json` (every candidate gets
+an error saying a test double cannot judge it; fit for new proofs, e.g. a model's samples).
+The tables for tests live under tests/lean_env/rules/.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 from pathlib import Path
 
 CHECKED_BY = "stand-in REPL (test double, not Lean)"
+TABLES_DIR = Path(__file__).resolve().parent / "tables"
 
 
 def command(rules_path: Path | str, *, state_dir: Path | str | None = None) -> list[str]:

@@ -117,13 +117,13 @@ def _target(path: Path, code: str, problem: str | None, problems: str | None) ->
     return p.name, p.header, p.formal_statement
 
 
-def _verifier(ctx: typer.Context, standin: Path | None, timeout: float | None,
-              workers: int | None = 1) -> Any:
+def open_verifier(config: Any, standin: Path | None) -> Any:
+    """The Verifier for `config` (a VerifierConfig): the pinned Lean toolchain's REPL pool, or
+    the stand-in when a rule table is named. No toolchain is a user error (exit 2), never a
+    silent fall-back to the stand-in."""
     from lean_env.toolchain import checked_by, find_toolchain, repl_command
     from lean_env.verifier import Verifier
 
-    config = config_from_context(ctx, {"verifier.workers": workers,
-                                       "verifier.timeout_s": timeout}).verifier
     if standin is not None:
         if not standin.is_file():
             raise UserError(f"{standin}: no such rule table")
@@ -168,7 +168,8 @@ def check(
     code = _read_proof(proof)
     name, header, statement = _target(proof, code, problem, problems)
     label = STANDIN_LABEL if standin is not None else None
-    verifier = None if static else _verifier(ctx, standin, timeout)   # exit 2 without Lean
+    verifier = None if static else open_verifier(   # exit 2 without Lean
+        config_from_context(ctx, {"verifier.workers": 1, "verifier.timeout_s": timeout}).verifier, standin)
     checked_by = "static checks (no Lean ran)" if static else verifier.checked_by
     try:
         verdict = precheck(name, header, statement, code, checked_by=checked_by)
@@ -258,7 +259,8 @@ def check_set(
 
     entries = load_proofs(proofs)
     problem_set = load_problems(problems)
-    verifier = None if static else _verifier(ctx, standin, timeout, workers)
+    run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers})
+    verifier = None if static else open_verifier(run_config.verifier, standin)
     checked_by = STATIC_LABEL if verifier is None else verifier.checked_by
     label = STANDIN_LABEL if standin is not None else None
     with Progress(console=err_console, transient=True, disable=as_json) as bar:
@@ -275,7 +277,6 @@ def check_set(
             for r in results:
                 fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers})
         if verifier is not None:   # what actually ran (backend, REPL command) rather than the defaults
             run_config = run_config.model_copy(update={"verifier": verifier.config})
         write_resolved_config(run_config, out)
