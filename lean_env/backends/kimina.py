@@ -21,7 +21,7 @@ retries, is NotChecked(cause="infrastructure"). Saturation that outlasts the ret
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -120,8 +120,13 @@ class KiminaVerifier:
     def verify(self, name: str, header: str, formal_statement: str, candidate: str) -> Verdict:
         return self.verify_batch([VerifyRequest(name, header, formal_statement, candidate)])[0]
 
-    def verify_batch(self, requests: Sequence[VerifyRequest]) -> list[Verdict]:
-        """One verdict per request, in order."""
+    def verify_batch(self, requests: Sequence[VerifyRequest], *,
+                     progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+        """One verdict per request, in order; `progress(done, total)` after each HTTP batch.
+        Outside a `with` block it opens (and closes) its HTTP client, like `Verifier`."""
+        if self._client is None:
+            with self:
+                return self.verify_batch(requests, progress=progress)
         verdicts: list[Verdict | None] = [
             precheck(r.name, r.header, r.formal_statement, r.candidate, checked_by=self.checked_by)
             for r in requests]
@@ -144,6 +149,8 @@ class KiminaVerifier:
                 continue
             for i in chunk:
                 verdicts[i] = self._verdict(requests[i].name, results.get(str(i)))
+            if progress is not None:
+                progress(len(requests) - len(todo) + start + len(chunk), len(requests))
         assert all(v is not None for v in verdicts)
         return [v for v in verdicts if v is not None]
 

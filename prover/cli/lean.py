@@ -118,9 +118,9 @@ def _target(path: Path, code: str, problem: str | None, problems: str | None) ->
 
 
 def open_verifier(config: Any, standin: Path | None) -> Any:
-    """The Verifier for `config` (a VerifierConfig): the pinned Lean toolchain's REPL pool, or
-    the stand-in when a rule table is named. No toolchain is a user error (exit 2), never a
-    silent fall-back to the stand-in."""
+    """The verifier for `config` (a VerifierConfig): the stand-in when a rule table is named,
+    a running kimina-lean-server for backend 'kimina', else the pinned Lean toolchain's REPL
+    pool. No toolchain is a user error (exit 2), never a silent fall-back to the stand-in."""
     from lean_env.toolchain import checked_by, find_toolchain, repl_command
     from lean_env.verifier import Verifier
 
@@ -129,6 +129,15 @@ def open_verifier(config: Any, standin: Path | None) -> Any:
             raise UserError(f"{standin}: no such rule table")
         config = config.model_copy(update={"backend": "standin", "standin_rules": standin})
         return Verifier(config)
+    if config.backend == "standin":
+        raise UserError("verifier.backend 'standin' is the test double; name its rule table with --standin")
+    if config.backend == "kimina":
+        from lean_env.backends.kimina import KiminaVerifier
+
+        return KiminaVerifier(config)
+    if config.backend == "dojo":
+        raise UserError("verifier.backend 'dojo' serves tactic sessions only (LeanDojo); checking whole "
+                        "proofs needs backend 'repl' or 'kimina'")
     tc = find_toolchain()
     if not tc.complete:
         raise UserError("no Lean toolchain found (see `prover lean doctor`): run `prover lean "

@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-STANDIN_LABEL = "stand-in (not Lean)"
+
 
 
 @app.command("whole")
@@ -64,7 +64,7 @@ def whole(
     Exit 0 when every problem was proved, 1 when some were not, 2 on bad input.
     """
     from policy.engines import make_engine
-    from prover.cli.lean import open_verifier
+    from prover.cli.lean import STANDIN_LABEL, open_verifier
     from prover.config import write_resolved_config
     from prover.problems import load_problems
     from prover.prove import prove_whole

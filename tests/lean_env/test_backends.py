@@ -240,3 +240,27 @@ def test_dojo_real_run() -> None:
     with DojoTacticSession(theorem, timeout_s=120) as (session, s0):
         result = session.run(s0, "rw [add_assoc, add_comm b, ←add_assoc]")
         assert isinstance(result, ProofFinished | TacticState), result
+
+
+def test_kimina_backend_through_the_cli_config(kimina: tuple[str, dict], tmp_path) -> None:
+    """`verifier.backend = "kimina"` in a run config routes `prover lean check-set` to the server."""
+    from typer.testing import CliRunner
+
+    from prover.cli import app
+
+    url, state = kimina
+    config = tmp_path / "run.toml"
+    config.write_text(f'[verifier]\nbackend = "kimina"\nkimina_url = "{url}"\ntimeout_s = 20\n')
+    problems = tmp_path / "problems.jsonl"
+    proofs = tmp_path / "proofs.jsonl"
+    problems.write_text("".join(json.dumps({"name": n, "header": HEADER, "formal_statement": _statement(n)}) + "\n"
+                                for n in ("good", "bad")))
+    proofs.write_text("".join(json.dumps({"name": r.name, "code": r.candidate}) + "\n"
+                              for r in (_request("good"), _request("bad", "linarith"))))
+    result = CliRunner().invoke(app, ["--config", str(config), "lean", "check-set", str(proofs),
+                                      "--problems", str(problems), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["outcomes"] == {"accepted": 1, "rejected:lean_error": 1}, summary
+    assert summary["checked_by"] == f"kimina-lean-server at {url}", summary
+    assert len(state["requests"]) == 1 and len(state["requests"][0]["snippets"]) == 2, state["requests"]
