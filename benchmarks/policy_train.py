@@ -16,8 +16,8 @@ its own try block: a failure is recorded in the JSON and the run goes on.
     python benchmarks/policy_train.py --device cpu --preset tiny --batch 2 --seq 128 --steps 3
 
 On the GPU machine (Python 3.12, no pydantic, no torchtitan) in one `run` call, carrying the
-wheels staged in .whl/policy_train (git-ignored: torchtitan 0.2.2 and the dependencies
-../shared/MACHINES.md lists, plus pydantic for policy.parallelize):
+wheels that `benchmarks/stage-gpu-wheels` stages in .whl/policy_train (git-ignored: torchtitan
+0.2.2 and the dependencies ../shared/MACHINES.md lists, plus pydantic for policy.parallelize):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/policy_train/*.whl &&
     PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 python3 benchmarks/policy_train.py --out $OUT/policy_train.json
 Eager runs go first and the JSON is rewritten after every run, so a run cut short by the time
