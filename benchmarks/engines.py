@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         checkpoint = opts.checkpoint
         if checkpoint is None:
-            from prover.cli.model import init_checkpoint
+            from prover.checkpoints import init_checkpoint
 
             checkpoint = Path(tmp) / "tiny"
             init_checkpoint("tiny", checkpoint)
