@@ -60,10 +60,6 @@ class Token(NamedTuple):
         """Identifier without guillemets (`Lean.«ofReduceBool»` -> `Lean.ofReduceBool`)."""
         return ".".join(self.parts) if self.parts else self.text
 
-    @property
-    def is_code(self) -> bool:
-        return self.kind is not Kind.COMMENT
-
 
 # Multi-character tokens of Lean 4 core and Mathlib that are spelled with symbol characters,
 # longest first at lexing time. Anything else is lexed one character at a time, so a missing
