@@ -205,14 +205,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ProblemSetError as exc:
         sys.exit(f"cannot load the benchmark prompts: {exc}")
     prompts = [build_prompt(p, PROMPT_TEMPLATE) for p in problems]
-    sampling = SamplingConfig(n=opts.samples, temperature=1.0, max_tokens=opts.max_tokens, seed=SEED)
+    # ignore_eos: every completion runs to max_tokens, so both engines decode the same lengths.
+    sampling = SamplingConfig(
+        n=opts.samples, temperature=1.0, max_tokens=opts.max_tokens, seed=SEED, ignore_eos=True
+    )
     report: dict[str, Any] = {
         "benchmark": "engines",
         "config": {
             "engines": opts.rows, "prompts": len(prompts), "samples": opts.samples,
             "max_tokens": opts.max_tokens, "repeats": opts.repeats,
             "problems": [p.name for p in problems], "prompt_template": PROMPT_TEMPLATE,
-            "sampling": sampling.model_dump(), "ignore_eos": False, "dtype": "auto",
+            "sampling": sampling.model_dump(), "dtype": "auto",
         },
         "machine": machine_info(),
         "results": [],

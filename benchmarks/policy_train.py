@@ -46,11 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policy.balancing import register_bias_update_hook  # noqa: E402
 from policy.checkpoint import hf_config  # noqa: E402
-from policy.model import ModelArgs, Transformer, count_parameters  # noqa: E402
-from policy.parallelize import SpeedConfig, parallelize  # noqa: E402
+from policy.model import ATTENTION_KERNELS, ModelArgs, Transformer, count_parameters  # noqa: E402
+from policy.parallelize import (  # noqa: E402
+    SpeedConfig,
+    fastest_attention_kernel,
+    parallelize,
+    time_attention_kernels,
+)
 from policy.presets import PRESETS  # noqa: E402
 
-MODELS = ("ours", "ours+mtp", "transformers", "torchtitan")
+# The strongest peer first, our MTP variant last: a run cut short keeps the key ratio.
+MODELS = ("ours", "torchtitan", "transformers", "ours+mtp")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +95,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument(
-        "--profile", action="store_true", help="add a torch.profiler top-kernel table per run"
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a torch.profiler top-kernel table per run (default: on for CUDA)",
+    )
+    p.add_argument(
+        "--attention-kernel",
+        default="tuned",
+        choices=["tuned", *ATTENTION_KERNELS],
+        help="SDPA kernel of our model (SpeedConfig.attention_kernel); tuned = the fastest of "
+        "the attention table (auto when the table is off)",
+    )
+    p.add_argument(
+        "--attention-table",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time MLA attention forward+backward under each kernel choice at the run's shape "
+        "first (default: on for CUDA)",
     )
     p.add_argument("--profile-top", type=int, default=15, help="rows of the profiler table")
     p.add_argument("--out", type=Path, default=Path("policy_train.json"), help="JSON output path")
@@ -100,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown models {unknown}; choose from {list(MODELS)}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.profile is None:
+        args.profile = args.device == "cuda"
+    if args.attention_table is None:
+        args.attention_table = args.device == "cuda"
     if args.modes is None:
         args.modes = "eager,compile" if args.device == "cuda" else "eager"
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -122,6 +149,7 @@ def build_ours(margs: ModelArgs, opts: argparse.Namespace, compile_: bool, mtp: 
             activation_checkpointing=opts.activation_checkpointing,
             compile=compile_,
             compile_fullgraph=opts.fullgraph,
+            attention_kernel=opts.attention_kernel,
         ),
     )
     return model, lambda tokens: model.loss(tokens, mtp=mtp).loss
@@ -156,6 +184,9 @@ def build_torchtitan(margs: ModelArgs, opts: argparse.Namespace, compile_: bool)
         from torchtitan.models.moe import MoEArgs
     except ImportError as exc:
         raise ImportError(f"unavailable: torchtitan not importable ({exc})") from exc
+    if opts.device != "cuda":
+        # Its router counts tokens with torch.histc on integers, which only CUDA implements.
+        raise ImportError("unavailable: torchtitan 0.2.2's MoE runs on CUDA only (torch.histc)")
 
     def known(cls, **kwargs):
         names = {f.name for f in dataclasses.fields(cls)}
@@ -203,7 +234,10 @@ def build_torchtitan(margs: ModelArgs, opts: argparse.Namespace, compile_: bool)
         model = DeepSeekV3Model(targs)
     with torch.no_grad():
         model.init_weights(buffer_device=device)
-    model.to(getattr(torch, opts.dtype))
+        # Parameters only: `model.to(bf16)` would cast the complex rotary table to real
+        # (discarding its imaginary part) and the float32 balancing buffers to bf16.
+        for param in model.parameters():
+            param.data = param.data.to(getattr(torch, opts.dtype))
     if compile_:
         blocks = model.layers.values() if hasattr(model.layers, "values") else model.layers
         for block in blocks:
@@ -257,6 +291,7 @@ def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) ->
     if opts.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
     if name in ("ours", "ours+mtp"):
         model, loss_fn = build_ours(margs, opts, compile_, mtp=name == "ours+mtp")
@@ -309,6 +344,10 @@ def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) ->
         row["peak_rss_gb_process"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3
         )
+    if compile_:
+        breaks = torch._dynamo.utils.counters["graph_break"]
+        row["graph_breaks"] = sum(breaks.values())
+        row["graph_break_reasons"] = [str(reason)[:200] for reason, _ in breaks.most_common(3)]
     if opts.profile:
         row["profile_top"] = profile_table(step, opts.device, opts.profile_top)
     return row
@@ -332,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dtype": opts.dtype,
             "optimizer": f"AdamW(lr={opts.lr})",
             "activation_checkpointing_ours": opts.activation_checkpointing,
+            "attention_kernel_ours": opts.attention_kernel,
             "peak_tflops": opts.peak_tflops,
             "model_args": margs.to_dict(),
         },
@@ -346,6 +386,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "results": [],
     }
+    if opts.attention_table:
+        rows = time_attention_kernels(
+            margs, opts.batch, opts.seq, device=opts.device, dtype=getattr(torch, opts.dtype)
+        )
+        for row in rows:
+            print(json.dumps({"attention": row}), flush=True)
+        report["attention"] = rows
+        if opts.attention_kernel == "tuned":
+            opts.attention_kernel = fastest_attention_kernel(rows)
+            report["config"]["attention_kernel_ours"] = f"tuned: {opts.attention_kernel}"
+        write_report(report, opts)
+    elif opts.attention_kernel == "tuned":
+        opts.attention_kernel = "auto"
     for mode in opts.modes:
         for name in opts.models:
             try:

@@ -22,6 +22,11 @@ class SamplingConfig(BaseModel):
     max_tokens: int = Field(2048, ge=1, description="Maximum new tokens per completion.")
     seed: int | None = Field(None, description="Sampling seed for reproducible runs; None draws one.")
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion.")
+    ignore_eos: bool = Field(
+        False,
+        description="Keep sampling past end-of-sequence tokens until max_tokens (fixed-length "
+        "throughput benchmarks); stop strings still apply.",
+    )
 
 
 class PolicyConfig(BaseModel):

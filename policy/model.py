@@ -20,11 +20,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from policy.moe import routed_experts_grouped, routed_experts_loop
 
@@ -270,6 +271,63 @@ def _causal_mask(n_queries: int, start_pos: int, device: torch.device) -> Tensor
     return keys[None, :] <= (start_pos + torch.arange(n_queries, device=device))[:, None]
 
 
+AttentionKernel = Literal["auto", "sdpa", "flash", "cudnn"]
+ATTENTION_KERNELS: tuple[str, ...] = get_args(AttentionKernel)
+
+# Backends in the order each choice tries them; the later ones are fallbacks for inputs the
+# first does not take (CPU, float32, masks), so a choice never makes a call fail.
+_SDPA_ORDER = {
+    "flash": [
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ],
+    "cudnn": [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ],
+}
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    is_causal: bool,
+    mask: Tensor | None = None,
+    kernel: AttentionKernel = "auto",
+) -> Tensor:
+    """Scaled dot-product attention over (B, H, T, d) inputs with MLA's unequal head dims
+    (q/k: qk_head_dim 192, v: v_head_dim 128 in DeepSeek-V3) -> (B, H, T, v_head_dim).
+
+    kernel "sdpa" leaves the choice to torch's dispatch, which cannot use FlashAttention when
+    the dims differ. "flash" zero-pads v to the q/k dim so FlashAttention takes it (as
+    transformers does for DeepSeek with FlashAttention-2) and slices the padding off the
+    output: P @ [V, 0] = [P @ V, 0], so the result and v's gradient are exact. "cudnn" puts
+    cuDNN's fused attention first, which takes unequal dims natively on Hopper. "auto" is
+    "flash" on CUDA and "sdpa" elsewhere (on CPU torch's dispatch picks its own kernels).
+    """
+    if kernel == "auto":
+        kernel = "flash" if q.is_cuda else "sdpa"
+    if kernel == "sdpa":
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale
+        )
+    v_dim = v.shape[-1]
+    if kernel == "flash" and v_dim < q.shape[-1]:
+        v = F.pad(v, (0, q.shape[-1] - v_dim))
+    with sdpa_kernel(_SDPA_ORDER[kernel], set_priority=True):
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale
+        )
+    return out[..., :v_dim]
+
+
 class MLA(nn.Module):
     """Multi-head latent attention: low-rank query, joint low-rank key/value, decoupled rope key."""
 
@@ -291,6 +349,9 @@ class MLA(nn.Module):
         self.o_proj = nn.Linear(h * args.v_head_dim, args.dim, bias=False)
         # YaRN raises the softmax temperature by m(s)^2 (DeepSeek-V3's softmax_scale).
         self.softmax_scale = qk**-0.5 * yarn_mscale(args.rope_factor, args.mscale_all_dim) ** 2
+        # Which SDPA kernel the naive path asks for (a speed choice, not architecture: every
+        # choice computes the same function); `policy.parallelize` sets it for training.
+        self.attention_kernel: AttentionKernel = "auto"
 
     def forward(
         self,
@@ -326,18 +387,18 @@ class MLA(nn.Module):
                 cache.k[:bsz, start_pos:end] = k
                 cache.v[:bsz, start_pos:end] = v
                 k, v = cache.k[:bsz, :end], cache.v[:bsz, :end]
-            # SDPA takes (B, H, T, dim); q/k have qk_head_dim, v has v_head_dim (allowed).
             # From position 0 the keys are exactly the queries' positions: plain causal.
             mask = None
             if start_pos > 0 and seqlen > 1:
                 mask = _causal_mask(seqlen, start_pos, x.device)
-            out = F.scaled_dot_product_attention(
+            out = attention(
                 q.transpose(1, 2),
                 k.transpose(1, 2),
                 v.transpose(1, 2),
-                attn_mask=mask,
-                is_causal=start_pos == 0,
                 scale=self.softmax_scale,
+                is_causal=start_pos == 0,
+                mask=mask,
+                kernel=self.attention_kernel,
             ).transpose(1, 2)  # (B, T, H, v)
         else:
             # Absorb kv_b_proj: q_nope . (W_uk c) = (W_uk^T q_nope) . c, and the output
@@ -682,6 +743,12 @@ class Transformer(_Float32Buffers, nn.Module):
         hidden, _ = self.trunk(tokens, start_pos)
         return hidden if return_hidden else self.lm_head(hidden)
 
+    def head_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy of the output head on final-normed hidden (B, T, D) against
+        targets (B, T). Its own method so `policy.parallelize` can compile it: fused, the
+        float32 logits (B*T*V) never round-trip through memory."""
+        return _cross_entropy(self.lm_head(hidden), targets)
+
     def loss(
         self, tokens: Tensor, *, targets: Tensor | None = None, mtp: bool = True
     ) -> LossOutput:
@@ -698,7 +765,7 @@ class Transformer(_Float32Buffers, nn.Module):
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
         hidden, balance = self.trunk(tokens)
-        main = _cross_entropy(self.lm_head(hidden), targets)
+        main = self.head_loss(hidden, targets)
         depth_losses: list[Tensor] = []
         if mtp and len(self.mtp):
             # Every depth runs on all T positions (one shape for every block under compile):
@@ -711,7 +778,7 @@ class Transformer(_Float32Buffers, nn.Module):
                 ahead = F.pad(tokens[:, k:], (0, k), value=0)  # t_{i+k}
                 prev, depth_balance = module(prev, self.embed_tokens(ahead), cos, sin)
                 depth_targets = F.pad(targets[:, k:], (0, k), value=IGNORE_INDEX)
-                depth_losses.append(_cross_entropy(self.lm_head(prev), depth_targets))
+                depth_losses.append(self.head_loss(prev, depth_targets))
                 balance = _add(balance, depth_balance)
         mtp_loss = (
             self.args.mtp_loss_weight / len(depth_losses) * torch.stack(depth_losses).sum()

@@ -127,7 +127,7 @@ class HFEngine(GenerationEngine):
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
             top_k=None if greedy else 0,  # transformers' default of 50 would differ from vLLM's "no top-k"
-            eos_token_id=sorted(self.eos_ids),
+            eos_token_id=[] if sampling.ignore_eos else sorted(self.eos_ids),
             pad_token_id=self.pad_id,
             stop_strings=list(sampling.stop) or None,
             return_dict_in_generate=True,
@@ -148,14 +148,16 @@ class HFEngine(GenerationEngine):
         new_tokens = out.sequences[:, width:].tolist()
         logprobs = recorder.result(out.sequences).tolist()
         return [
-            self._completion(ids, lps, budget, sampling.stop)
+            self._completion(ids, lps, budget, sampling.stop, sampling.ignore_eos)
             for ids, lps, budget in zip(new_tokens, logprobs, budgets, strict=True)
         ]
 
-    def _completion(self, ids: list[int], logprobs: list[float], budget: int, stops: Sequence[str]) -> Completion:
-        """Cut one generated row where it ended (eos, stop string, budget) and decode it."""
+    def _completion(
+        self, ids: list[int], logprobs: list[float], budget: int, stops: Sequence[str], ignore_eos: bool = False
+    ) -> Completion:
+        """Cut one generated row where it ended (eos unless ignored, stop string, budget) and decode it."""
         ids, logprobs = ids[:budget], logprobs[:budget]
-        end = next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
+        end = None if ignore_eos else next((i + 1 for i, t in enumerate(ids) if t in self.eos_ids), None)
         if end is None and stops and first_stop(self._decode(ids), stops) is not None:
             # Shortest prefix whose text contains a stop string (monotone in the length).
             low, high = 1, len(ids)

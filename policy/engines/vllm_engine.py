@@ -122,6 +122,7 @@ class VLLMEngine(GenerationEngine):
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
+            ignore_eos=sampling.ignore_eos,
             logprobs=0,  # the sampled token's own logprob only
         )
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)

@@ -273,3 +273,36 @@ def test_vllm_load_weights_changes_and_restores_outputs(
     vllm_engine.load_weights(folder)
     restored = greedy(vllm_engine)
     assert restored == original, f"reloading the original weights did not restore outputs:\n{restored}\n{original}"
+
+
+def _eos_always(state: dict[str, torch.Tensor], eos_id: int) -> dict[str, torch.Tensor]:
+    """Weights under which end-of-sequence is nearly certain at every position: a large
+    constant component in every embedding keeps one residual coordinate positive through the
+    layers, and only the eos row of the head reads it (logit ~ 10 * sqrt(dim) vs 0)."""
+    state = dict(state)
+    embed = state["model.embed_tokens.weight"].clone()
+    embed[:, 0] += 1000.0
+    head = torch.zeros_like(state["lm_head.weight"])
+    head[eos_id, 0] = 10.0
+    state["model.embed_tokens.weight"], state["lm_head.weight"] = embed, head
+    return state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["vllm_engine", "hf_deepseek"])
+def test_ignore_eos_samples_to_max_tokens(
+    engine_name: str, init_dir: Path, init_state, request: pytest.FixtureRequest
+) -> None:
+    engine: GenerationEngine = request.getfixturevalue(engine_name)
+    eos = load_tokenizer(init_dir).eos_token_id
+    engine.load_weights(_eos_always(init_state, eos))
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=6, seed=0)
+    ended = [c for r in engine.generate(PROMPTS[:2], sampling) for c in r.completions]
+    assert [(c.token_ids, c.finish_reason, c.text) for c in ended] == [((eos,), "stop", "")] * 4, ended
+    kept = [
+        c
+        for r in engine.generate(PROMPTS[:2], sampling.model_copy(update={"ignore_eos": True}))
+        for c in r.completions
+    ]
+    assert [(c.token_ids, c.finish_reason) for c in kept] == [((eos,) * 6, "length")] * 4, kept
+    assert all(len(c.logprobs) == 6 for c in kept), [c.logprobs for c in kept]

@@ -36,8 +36,9 @@ def test_transformers_row_reports_throughput(shared_data: Path, tmp_path: Path) 
     row = report["results"][0]
     assert "error" not in row, row
     assert row["tokens_per_s"] > 0 and row["start_s"] > 0 and row["load_weights_s"] > 0, row
-    # 1 prompt x 2 samples x at most 8 tokens, counted exactly from the completions.
-    assert row["completions"] == 2 and 2 <= row["tokens"] <= 16, row
+    # 1 prompt x 2 samples x 8 tokens (ignore_eos), counted exactly from the completions.
+    assert report["config"]["sampling"]["ignore_eos"] is True, report["config"]
+    assert row["completions"] == 2 and row["tokens"] == 16, row
     assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"]), row
     assert len(row["repeats"]) == 1 and len(row["prompt_tokens"]) == 1, row
     assert row["same_tokens_after_reload"] is True, row

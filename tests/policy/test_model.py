@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from policy.model import (
+    ATTENTION_KERNELS,
     IGNORE_INDEX,
     ModelArgs,
     Transformer,
@@ -293,6 +294,10 @@ def test_train_benchmark_cpu_smoke(tmp_path) -> None:
         "3",
         "--warmup",
         "1",
+        "--profile",
+        "--profile-top",
+        "5",
+        "--attention-table",
         "--out",
         str(out),
     ]
@@ -319,6 +324,21 @@ def test_train_benchmark_cpu_smoke(tmp_path) -> None:
     ), rows
     titan = rows[("torchtitan", "eager")]
     assert "tokens_per_s" in titan or titan["error"].startswith("ImportError: unavailable"), titan
+    for name in ("ours", "transformers"):
+        row = rows[(name, "eager")]
+        assert row["tokens_per_s"] == pytest.approx(2 * 128 / row["step_s"], rel=1e-3), row
+        assert 0 < len(row["profile_top"]) <= 5, row["profile_top"]
+    assert report["speedup"]["ours/transformers (eager)"] == pytest.approx(
+        rows[("ours", "eager")]["tokens_per_s"] / rows[("transformers", "eager")]["tokens_per_s"],
+        rel=1e-2,
+    ), report["speedup"]
+    kernels = [a["kernel"] for a in report["attention"]]
+    assert kernels == [k for k in ATTENTION_KERNELS if k != "auto"], kernels
+    for row in report["attention"]:
+        assert "error" not in row and row["ms_fwd_bwd"] > 0 and row["ops"], row
+        assert row["max_abs_diff"] < 0.05, row  # bf16 against a float32 reference
+    fastest = min(report["attention"], key=lambda r: r["ms_fwd_bwd"])["kernel"]
+    assert report["config"]["attention_kernel_ours"] == f"tuned: {fastest}", report["config"]
     assert (
         report["config"]["batch"] == 2
         and report["params"]["total"] == count_parameters(PRESETS["tiny"])["total"]
