@@ -12,6 +12,11 @@ without MTP for a like-for-like comparison; `ours+mtp` adds the preset's MTP mod
 counts their parameters, not the second use of the shared head). Each (model, mode) runs in
 its own try block: a failure is recorded in the JSON and the run goes on.
 
+On CUDA the run first times MLA attention alone under each kernel choice (the `attention`
+table: torch's dispatch, padded-V FlashAttention, cuDNN) and trains `ours` with the fastest
+(`--attention-kernel tuned`, what a trainer does with `policy.parallelize.time_attention_kernels`);
+every row carries a profiler table of its top device ops and, compiled, its graph-break count.
+
     python benchmarks/policy_train.py --out $OUT/policy_train.json           # GPU, full run
     python benchmarks/policy_train.py --device cpu --preset tiny --batch 2 --seq 128 --steps 3
 
@@ -353,6 +358,15 @@ def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) ->
     return row
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
     margs = PRESETS[opts.preset]
@@ -382,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
             "torch": torch.__version__,
             "transformers": transformers.__version__,
+            "torchtitan": _version("torchtitan"),
             "python": platform.python_version(),
         },
         "results": [],

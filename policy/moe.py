@@ -93,7 +93,9 @@ def routed_experts_grouped(
     order = torch.argsort(flat, stable=True)  # slots sorted by expert
     counts = torch.zeros(n_experts, dtype=torch.long, device=x.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,) no host sync, unlike bincount
-    rows = x[order // top_k]  # (N*k, D) token rows in expert order
+    # index_select rather than x[...]: the same gather, but its backward is index_add_
+    # (atomic adds on CUDA) instead of advanced indexing's sort-based accumulating index_put.
+    rows = x.index_select(0, order // top_k)  # (N*k, D) token rows in expert order
 
     if align > 1:
         # Scatter the sorted rows into a buffer where every group starts at a multiple of
@@ -110,7 +112,7 @@ def routed_experts_grouped(
     gate, up = grouped_mm(rows, gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
     out = grouped_mm(F.silu(gate) * up, down_proj.transpose(1, 2), offs)  # (rows, D)
     if align > 1:
-        out = out[dest]
+        out = out.index_select(0, dest)
     # Back to (token, slot) order (a permutation: index_copy's backward is a gather), then the
     # weighted sum over the k slots as one batched matmul: (N, 1, k) @ (N, k, D).
     out = out.new_empty(out.shape).index_copy(0, order, out)
