@@ -20,13 +20,10 @@ every row carries a profiler table of its top device ops and, compiled, its grap
     python benchmarks/policy_train.py --out $OUT/policy_train.json           # GPU, full run
     python benchmarks/policy_train.py --device cpu --preset tiny --batch 2 --seq 128 --steps 3
 
-On the GPU machine (Python 3.12, no pydantic, no torchtitan) in one `run` call, carrying the
-wheels that `benchmarks/stage-gpu-wheels` stages in .whl/policy_train (git-ignored: torchtitan
-0.2.2 and the dependencies ../shared/MACHINES.md lists, plus pydantic for policy.parallelize):
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/policy_train/*.whl &&
-    PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 python3 benchmarks/policy_train.py --out $OUT/policy_train.json
+On the GPU machine (Python 3.12, no pydantic, no torchtitan): `benchmarks/stage-gpu-wheels`
+stages the wheels to carry and prints the one device call (the CUDA tests, then this script).
 Eager runs go first and the JSON is rewritten after every run, so a run cut short by the time
-limit still leaves its finished rows.
+limit still leaves its finished rows; `--resume` that JSON in a second call runs only the rest.
 """
 
 from __future__ import annotations
@@ -121,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--profile-top", type=int, default=15, help="rows of the profiler table")
     p.add_argument("--out", type=Path, default=Path("policy_train.json"), help="JSON output path")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="an earlier report of the same configuration: keep its measured rows and its "
+        "attention table, run only the rest (a second device call after a cut-short first)",
+    )
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(args.models) - set(MODELS))
@@ -401,6 +405,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "results": [],
     }
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    if opts.resume is not None:
+        earlier = json.loads(opts.resume.read_text())
+        mine = {k: v for k, v in report["config"].items() if k != "attention_kernel_ours"}
+        theirs = {k: v for k, v in earlier["config"].items() if k in mine}
+        if theirs != mine:
+            raise SystemExit(f"--resume {opts.resume}: its configuration differs from this run's")
+        done = {(r["model"], r["mode"]): r for r in earlier["results"] if "tokens_per_s" in r}
+        if "attention" in earlier:
+            report["attention"] = earlier["attention"]
+            report["config"]["attention_kernel_ours"] = earlier["config"]["attention_kernel_ours"]
+            if opts.attention_kernel == "tuned":
+                opts.attention_kernel = fastest_attention_kernel(earlier["attention"])
+            opts.attention_table = False
     if opts.attention_table:
         rows = time_attention_kernels(
             margs, opts.batch, opts.seq, device=opts.device, dtype=getattr(torch, opts.dtype)
@@ -416,6 +434,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opts.attention_kernel = "auto"
     for mode in opts.modes:
         for name in opts.models:
+            if (name, mode) in done:
+                report["results"].append({**done[(name, mode)], "resumed": str(opts.resume)})
+                write_report(report, opts)
+                continue
             try:
                 row = run_one(name, mode, margs, opts)
             except Exception as exc:  # one failing model must not lose the others' numbers

@@ -343,3 +343,31 @@ def test_train_benchmark_cpu_smoke(tmp_path) -> None:
         report["config"]["batch"] == 2
         and report["params"]["total"] == count_parameters(PRESETS["tiny"])["total"]
     )
+
+    # A second call resumes: measured rows and the attention table are kept, not re-run;
+    # a different configuration is refused.
+    again = tmp_path / "again.json"
+    resumed = subprocess.run(
+        [*cmd[:-1], str(again), "--resume", str(out), "--models", "ours,ours+mtp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    second = json.loads(again.read_text())
+    assert [(r["model"], r["resumed"]) for r in second["results"]] == [
+        ("ours", str(out)),
+        ("ours+mtp", str(out)),
+    ], second["results"]
+    assert second["results"][0]["tokens_per_s"] == rows[("ours", "eager")]["tokens_per_s"]
+    assert second["attention"] == report["attention"], second["attention"]
+    assert second["config"]["attention_kernel_ours"] == report["config"]["attention_kernel_ours"]
+    other = subprocess.run(
+        [*cmd[:-1], str(again), "--resume", str(out), "--batch", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert other.returncode != 0 and "configuration differs" in other.stderr, other.stderr[-500:]
