@@ -465,8 +465,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
             write_report(report, opts)
+    print_table(report)
     print(f"wrote {opts.out}")
     return report
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The run for people: one line per row, then the ratios (the JSON has everything)."""
+    cfg, env = report["config"], report["environment"]
+    print(
+        f"\n{cfg['preset']}: batch {cfg['batch']} x {cfg['seq']} tokens, {cfg['dtype']}, "
+        f"{cfg['steps']} timed steps; {env['device']}, torch {env['torch']}; "
+        f"our attention kernel: {cfg['attention_kernel_ours']}"
+    )
+    for row in report.get("attention", []):
+        timing = (
+            f"{row['ms_fwd_bwd']:8.2f} ms  {row['tflops']:6.1f} TFLOP/s"
+            if "ms_fwd_bwd" in row
+            else f"FAILED: {row.get('error', '?')}"
+        )
+        print(f"  attention {row['kernel']:<6} {timing}")
+    print(f"{'model':<14} {'mode':<8} {'tok/s':>10} {'MFU':>7} {'step s':>8} {'memory GB':>10}")
+    for row in report["results"]:
+        if "tokens_per_s" not in row:
+            print(f"{row['model']:<14} {row['mode']:<8} {row.get('error', '?')}")
+            continue
+        memory = row.get("peak_memory_gb", row.get("peak_rss_gb_process", float("nan")))
+        print(
+            f"{row['model']:<14} {row['mode']:<8} {row['tokens_per_s']:>10,.0f} "
+            f"{row['mfu']:>7.1%} {row['step_s']:>8.4f} {memory:>10.2f}"
+        )
+    for name, ratio in report.get("speedup", {}).items():
+        print(f"  {name}: {ratio:.2f}x")
 
 
 def write_report(report: dict[str, Any], opts: argparse.Namespace) -> None:
