@@ -68,6 +68,23 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     return padded_grouped_mm(x, w, offs)
 
 
+class _UniqueRowGather(torch.autograd.Function):
+    """`x.index_select(0, index)` for an index without repeats, whose backward writes each
+    gradient row to its one source row (a scatter without accumulation) instead of
+    index_select's accumulating index_add_ (atomic adds on CUDA)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.n_rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.n_rows, grad.shape[1]).index_copy_(0, index, grad), None
+
+
 def routed_experts_grouped(
     x: Tensor,
     indices: Tensor,
@@ -89,33 +106,42 @@ def routed_experts_grouped(
     if align is None:
         align = CUDA_GROUP_ALIGN if x.is_cuda else 1
 
-    flat = indices.reshape(-1)  # (N*k,) expert of each (token, slot)
-    order = torch.argsort(flat, stable=True)  # slots sorted by expert
+    flat = indices.reshape(-1)  # (S,) expert of each (token, slot), S = N*k
+    n_slots = flat.numel()
+    order = torch.argsort(flat, stable=True)  # sorted position -> slot
     counts = torch.zeros(n_experts, dtype=torch.long, device=x.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))  # (E,) no host sync, unlike bincount
-    # index_select rather than x[...]: the same gather, but its backward is index_add_
-    # (atomic adds on CUDA) instead of advanced indexing's sort-based accumulating index_put.
-    rows = x.index_select(0, order // top_k)  # (N*k, D) token rows in expert order
-
     if align > 1:
-        # Scatter the sorted rows into a buffer where every group starts at a multiple of
-        # `align`; its size is a static upper bound so shapes stay fixed under torch.compile.
+        # Every expert's group starts at a multiple of `align` in a buffer whose size is a
+        # static upper bound (shapes stay fixed under torch.compile). `row` maps each sorted
+        # position to its buffer row; the padding rows read token 0, compute values nobody
+        # reads back, and so receive zero gradient.
         padded_counts = (counts + align - 1) // align * align
         shift = (padded_counts.cumsum(0) - padded_counts) - (counts.cumsum(0) - counts)  # (E,)
-        dest = torch.arange(flat.numel(), device=x.device) + shift[flat[order]]
-        capacity = flat.numel() + n_experts * (align - 1)
-        rows = rows.new_zeros(capacity, dim).index_copy(0, dest, rows)
-        offs = padded_counts.cumsum(0).to(torch.int32)
+        row = torch.arange(n_slots, device=x.device) + shift[flat[order]]
+        capacity = n_slots + n_experts * (align - 1)
+        token_of_row = torch.zeros(capacity, dtype=torch.long, device=x.device)
+        token_of_row.index_copy_(0, row, order // top_k)
+        # The last group runs to the end of the buffer, so the GEMMs define every row (their
+        # backward leaves rows past the last offset unwritten, and every row's gradient flows
+        # back into x here).
+        offs = padded_counts.cumsum(0)
+        offs[-1] = capacity
+        offs = offs.to(torch.int32)
     else:
+        row = torch.arange(n_slots, device=x.device)
+        token_of_row = order // top_k
         offs = counts.cumsum(0).to(torch.int32)
-
+    # Index tensors are small; the (rows, D) activations move once in and once out, each as one
+    # index_select (whose backward is index_add_: atomic adds on CUDA, not the sort-based
+    # accumulating index_put of x[...] indexing).
+    rows = x.index_select(0, token_of_row)  # (rows, D) grouped by expert
     gate, up = grouped_mm(rows, gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
     out = grouped_mm(F.silu(gate) * up, down_proj.transpose(1, 2), offs)  # (rows, D)
-    if align > 1:
-        out = out.index_select(0, dest)
-    # Back to (token, slot) order (a permutation: index_copy's backward is a gather), then the
-    # weighted sum over the k slots as one batched matmul: (N, 1, k) @ (N, k, D).
-    out = out.new_empty(out.shape).index_copy(0, order, out)
+    # Back to (token, slot) order in one gather: slot order[i] sits at buffer row row[i].
+    row_of_slot = torch.empty_like(row).index_copy_(0, order, row)
+    out = _UniqueRowGather.apply(out, row_of_slot)  # (S, D)
+    # The weighted sum over the k slots as one batched matmul: (N, 1, k) @ (N, k, D).
     combined = torch.bmm(weights.to(out.dtype).unsqueeze(1), out.view(n_tokens, top_k, dim))
     return combined.squeeze(1)
 
