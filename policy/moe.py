@@ -119,7 +119,8 @@ def routed_experts_grouped(
         padded_counts = (counts + align - 1) // align * align
         shift = (padded_counts.cumsum(0) - padded_counts) - (counts.cumsum(0) - counts)  # (E,)
         row = torch.arange(n_slots, device=x.device) + shift[flat[order]]
-        capacity = n_slots + n_experts * (align - 1)
+        # Rounded up so the last group, which absorbs the slack, is a multiple of `align` too.
+        capacity = (n_slots + n_experts * (align - 1) + align - 1) // align * align
         token_of_row = torch.zeros(capacity, dtype=torch.long, device=x.device)
         token_of_row.index_copy_(0, row, order // top_k)
         # The last group runs to the end of the buffer, so the GEMMs define every row (their
