@@ -37,7 +37,6 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from policy.parallelize import (  # noqa: E402
     fastest_attention_kernel,
     parallelize,
     time_attention_kernels,
+    top_ops,
 )
 from policy.presets import PRESETS  # noqa: E402
 
@@ -267,30 +267,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def profile_table(step: Callable[[], Any], device: str, top: int) -> list[dict[str, Any]]:
-    """Top ops by self device time (CPU time on CPU) over two profiled steps."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(2):
-            step()
-        sync(device)
-    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
-    total = sum(getattr(e, key) for e in events) or 1.0
-    events.sort(key=lambda e: getattr(e, key), reverse=True)
-    return [
-        {
-            "name": e.key,
-            "self_ms_per_step": round(getattr(e, key) / 1e3 / 2, 3),
-            "percent": round(100 * getattr(e, key) / total, 2),
-            "calls_per_step": e.count // 2,
-        }
-        for e in events[:top]
-    ]
-
-
 def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) -> dict[str, Any]:
     compile_ = mode == "compile"
     row: dict[str, Any] = {"model": name, "mode": mode}
@@ -358,7 +334,7 @@ def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) ->
         row["graph_breaks"] = sum(breaks.values())
         row["graph_break_reasons"] = [str(reason)[:200] for reason, _ in breaks.most_common(3)]
     if opts.profile:
-        row["profile_top"] = profile_table(step, opts.device, opts.profile_top)
+        row["profile_top"] = top_ops(step, opts.device, opts.profile_top)
     return row
 
 

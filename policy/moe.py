@@ -133,9 +133,10 @@ def routed_experts_grouped(
         row = torch.arange(n_slots, device=x.device)
         token_of_row = order // top_k
         offs = counts.cumsum(0).to(torch.int32)
-    # Index tensors are small; the (rows, D) activations move once in and once out, each as one
-    # index_select (whose backward is index_add_: atomic adds on CUDA, not the sort-based
-    # accumulating index_put of x[...] indexing).
+    # Index tensors are small; the (rows, D) activations move once in and once out. In: one
+    # index_select, whose backward accumulates the k copies of each token with index_add_
+    # (atomic adds on CUDA, not x[...]'s sort-based accumulating index_put). Out: one gather
+    # whose backward is a plain scatter, the index having no repeats.
     rows = x.index_select(0, token_of_row)  # (rows, D) grouped by expert
     gate, up = grouped_mm(rows, gate_up_proj.transpose(1, 2), offs).chunk(2, dim=-1)
     out = grouped_mm(F.silu(gate) * up, down_proj.transpose(1, 2), offs)  # (rows, D)

@@ -10,6 +10,7 @@ state-dict keys are unchanged (checkpoint_wrapper strips its prefix from state d
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -152,7 +153,7 @@ def time_attention_kernels(
             seconds = (time.perf_counter() - start) / calls
             row["ms_fwd_bwd"] = round(seconds * 1e3, 3)
             row["tflops"] = round(flops / seconds / 1e12, 1)
-            row["ops"] = _top_ops(call, device)
+            row["ops"] = [op["name"][:120] for op in top_ops(call, device, 4, calls=1)]
         except Exception as exc:  # a kernel this device or build lacks is a finding
             row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
         rows.append(row)
@@ -165,14 +166,32 @@ def fastest_attention_kernel(rows: list[dict[str, Any]]) -> AttentionKernel:
     return min(timed, key=lambda r: r["ms_fwd_bwd"])["kernel"] if timed else "auto"
 
 
-def _top_ops(call, device: torch.device, top: int = 4) -> list[str]:
+def top_ops(
+    call: Callable[[], Any], device: str | torch.device, top: int, calls: int = 2
+) -> list[dict[str, Any]]:
+    """Profile `calls` runs of `call`: the `top` ops by self device time (CPU time on CPU),
+    each with ms and calls per run and its share of the profiled total."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        call()
-        if device.type == "cuda":
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    with profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    ) as prof:
+        for _ in range(calls):
+            call()
+        if cuda:
             torch.cuda.synchronize(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
-    return [e.key[:120] for e in events[:top] if getattr(e, key, 0) > 0]
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [
+        {
+            "name": e.key,
+            "self_ms_per_step": round(getattr(e, key) / 1e3 / calls, 3),
+            "percent": round(100 * getattr(e, key) / total, 2),
+            "calls_per_step": e.count // calls,
+        }
+        for e in events[:top]
+    ]
