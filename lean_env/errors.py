@@ -49,3 +49,8 @@ class PoolSaturatedError(LeanEnvError):
 
     Back-pressure, not a verdict on any candidate: the caller should slow down and resubmit.
     """
+
+
+class VerifierConfigError(LeanEnvError):
+    """The verifier configuration names no usable backend (a missing rule table, a backend
+    that cannot check whole proofs): the user's mistake, not a failure of Lean or of ours."""

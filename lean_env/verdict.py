@@ -7,8 +7,12 @@ Four outcomes (LeanDojo's result-type style):
   NotChecked Lean was never asked for a verdict: no Lean code in the candidate, or our
              infrastructure failed after its retries (`cause` tells which).
 
-Every verdict names the backend that produced it (`checked_by`). A verdict produced by the
-stand-in REPL is a test double's answer, never Lean's, and says so in `checked_by`.
+Every verdict names the backend that produced it (`checked_by`) and the layers that judged it
+(`layers`: "static" = our checks that read the source without Lean, "repl" = Lean through a
+REPL or kimina-lean-server, "comparator" = leanprover/comparator as the final judge). A verdict
+produced by the stand-in REPL is a test double's answer, never Lean's, and says so in
+`checked_by`. `outcome` is the one string that names a verdict in reports and tables:
+`accepted`, `rejected:<reason>`, `timed_out`, `not_checked:<cause>`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class LeanMessage:
 class _VerdictBase:
     checked_by: str   # e.g. "lean 4.19.0 (repl v4.19.0)" or "stand-in REPL (test double, not Lean)"
     time_s: float     # wall-clock seconds spent on this candidate, queueing excluded
+    layers: tuple[str, ...] = ()   # which layers judged it, in order: "static", "repl", "comparator"
 
     @property
     def accepted(self) -> bool:
@@ -60,8 +65,13 @@ class _VerdictBase:
     def kind(self) -> str:
         return type(self).__name__.lower()
 
+    @property
+    def outcome(self) -> str:
+        """`accepted`, `rejected:<reason>`, `timed_out` or `not_checked:<cause>`."""
+        raise NotImplementedError
+
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"verdict": self.kind}
+        out: dict[str, Any] = {"verdict": self.kind, "outcome": self.outcome}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "messages":
@@ -77,6 +87,10 @@ class Accepted(_VerdictBase):
     axioms: tuple[str, ...] = ()
     messages: tuple[LeanMessage, ...] = ()   # warnings/infos that did not block acceptance
 
+    @property
+    def outcome(self) -> str:
+        return "accepted"
+
 
 @dataclass(frozen=True)
 class Rejected(_VerdictBase):
@@ -84,16 +98,28 @@ class Rejected(_VerdictBase):
     detail: str = ""
     messages: tuple[LeanMessage, ...] = field(default_factory=tuple)
 
+    @property
+    def outcome(self) -> str:
+        return f"rejected:{self.reason.value}"
+
 
 @dataclass(frozen=True)
 class TimedOut(_VerdictBase):
     limit_s: float = 0.0
+
+    @property
+    def outcome(self) -> str:
+        return "timed_out"
 
 
 @dataclass(frozen=True)
 class NotChecked(_VerdictBase):
     cause: Literal["no_code", "infrastructure"] = "no_code"
     detail: str = ""
+
+    @property
+    def outcome(self) -> str:
+        return f"not_checked:{self.cause}"
 
 
 Verdict = Accepted | Rejected | TimedOut | NotChecked

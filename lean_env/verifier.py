@@ -25,10 +25,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from lean_env import acceptance, standin, toolchain
 from lean_env.config import VerifierConfig
-from lean_env.errors import LeanEnvError, PoolSaturatedError, ReplStartError, ReplTimeoutError
+from lean_env.errors import (
+    LeanEnvError,
+    PoolSaturatedError,
+    ReplStartError,
+    ReplTimeoutError,
+    VerifierConfigError,
+)
 from lean_env.pool import ReplPool, gather_bounded
 from lean_env.verdict import NotChecked, TimedOut, Verdict
 
@@ -147,3 +154,36 @@ class Verifier:
             with self:
                 return self.verify_batch(requests, progress=progress)
         return self.pool.run_sync(self.verify_many(requests, progress=progress))
+
+
+def make_verifier(config: VerifierConfig) -> Any:
+    """The verifier `config` asks for, behind one calling convention (`verify`, `verify_many`,
+    `verify_batch`, `with`/`async with`): the REPL pool for 'repl' (the pinned toolchain
+    unless `repl_command` is set) and 'standin' (the test double, `standin_rules` required),
+    kimina-lean-server's client for 'kimina'.
+
+    Raises `VerifierConfigError` for a configuration that names no usable backend (a user's
+    mistake) and `ToolchainError` when the pinned Lean toolchain is missing (nothing can check).
+    """
+    if config.backend == "standin":
+        if config.standin_rules is None:
+            raise VerifierConfigError("verifier.backend 'standin' is the test double: name its "
+                                      "rule table in verifier.standin_rules (--standin)")
+        if not Path(config.standin_rules).is_file():
+            raise VerifierConfigError(f"verifier.standin_rules: {config.standin_rules}: no such "
+                                      "rule table")
+        return Verifier(config)
+    if config.backend == "kimina":
+        from lean_env.backends.kimina import KiminaVerifier  # imports this module
+
+        return KiminaVerifier(config)
+    if config.backend == "dojo":
+        raise VerifierConfigError("verifier.backend 'dojo' serves tactic sessions only (LeanDojo); "
+                                  "checking whole proofs needs backend 'repl' or 'kimina'")
+    if config.repl_command:
+        return Verifier(config)
+    found = toolchain.find_toolchain(project_dir=config.project_dir or toolchain.PROJECT_DIR)
+    command = toolchain.repl_command(found)   # ToolchainError names what is missing
+    config = config.model_copy(update={"repl_command": command,
+                                       "project_dir": found.project_dir})
+    return Verifier(config, checked_by=toolchain.checked_by(found))

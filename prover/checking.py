@@ -46,12 +46,8 @@ class CheckResult:
 
     @property
     def outcome(self) -> str:
-        """"accepted", "passed_static", "rejected:<reason>", "timedout", "notchecked:<cause>"."""
-        v = self.verdict
-        if v is None:
-            return "passed_static"
-        detail = getattr(v, "reason", None) or getattr(v, "cause", None)
-        return f"{v.kind}:{detail}" if detail and not v.accepted else v.kind
+        """The verdict's outcome (`accepted`, `rejected:<reason>`, ...) or `passed_static`."""
+        return "passed_static" if self.verdict is None else self.verdict.outcome
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.entry.name, "problem_id": self.problem.id, "origin": self.entry.origin,

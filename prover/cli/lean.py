@@ -118,33 +118,24 @@ def _target(path: Path, code: str, problem: str | None, problems: str | None) ->
 
 
 def open_verifier(config: Any, standin: Path | None) -> Any:
-    """The verifier for `config` (a VerifierConfig): the stand-in when a rule table is named,
-    a running kimina-lean-server for backend 'kimina', else the pinned Lean toolchain's REPL
-    pool. No toolchain is a user error (exit 2), never a silent fall-back to the stand-in."""
-    from lean_env.toolchain import checked_by, find_toolchain, repl_command
-    from lean_env.verifier import Verifier
+    """`lean_env.verifier.make_verifier` for the CLI: `--standin TABLE` selects the test double;
+    no toolchain and a bad backend choice become one-line errors, never a silent fall-back to
+    the stand-in."""
+    from lean_env.errors import VerifierConfigError
+    from lean_env.toolchain import ToolchainError
+    from lean_env.verifier import make_verifier
 
     if standin is not None:
-        if not standin.is_file():
-            raise UserError(f"{standin}: no such rule table")
         config = config.model_copy(update={"backend": "standin", "standin_rules": standin})
-        return Verifier(config)
-    if config.backend == "standin":
+    elif config.backend == "standin":
         raise UserError("verifier.backend 'standin' is the test double; name its rule table with --standin")
-    if config.backend == "kimina":
-        from lean_env.backends.kimina import KiminaVerifier
-
-        return KiminaVerifier(config)
-    if config.backend == "dojo":
-        raise UserError("verifier.backend 'dojo' serves tactic sessions only (LeanDojo); checking whole "
-                        "proofs needs backend 'repl' or 'kimina'")
-    tc = find_toolchain()
-    if not tc.complete:
-        raise UserError("no Lean toolchain found (see `prover lean doctor`): run `prover lean "
-                        "setup`, or pass --static for the checks that need no Lean")
-    config = config.model_copy(update={"backend": "repl", "repl_command": repl_command(tc),
-                                       "project_dir": tc.project_dir})
-    return Verifier(config, checked_by=checked_by(tc))
+    try:
+        return make_verifier(config)
+    except VerifierConfigError as exc:
+        raise UserError(str(exc)) from None
+    except ToolchainError as exc:
+        raise UserError(f"no Lean toolchain found (see `prover lean doctor`): {exc}; run `prover "
+                        "lean setup`, or pass --static for the checks that need no Lean") from None
 
 
 @app.command()
@@ -216,7 +207,7 @@ def _print_human(name: str, verdict: Any, *, static: bool, label: str | None) ->
         return
     word = {"accepted": "ACCEPTED", "rejected": "REJECTED", "timedout": "TIMED OUT",
             "notchecked": "NOT CHECKED"}[verdict.kind]
-    what = getattr(verdict, "reason", None) or getattr(verdict, "cause", None) or ""
+    what = verdict.outcome.partition(":")[2]
     head = f"{prefix}{word}: {name}" + (f" ({what})" if what else "")
     head += f" [checked by {verdict.checked_by}; {verdict.time_s:.2f} s]"
     _say(head)
