@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 STANDARD_AXIOMS: tuple[str, ...] = ("propext", "Classical.choice", "Quot.sound")
+
+
+# Longest wall-clock limit accepted, seconds (a day): beyond it a "limit" is a mistake, and
+# inf or 1e308 would overflow the selectors' millisecond arithmetic.
+MAX_TIMEOUT_S = 86400.0
 
 
 class VerifierConfig(BaseModel):
@@ -38,12 +44,12 @@ class VerifierConfig(BaseModel):
         4, ge=1, description="REPL processes in the pool (one core each, ~6.5 GB RSS each with Mathlib)."
     )
     timeout_s: float = Field(
-        60.0, gt=0,
+        60.0, gt=0, le=MAX_TIMEOUT_S,
         description="Wall-clock limit per candidate, seconds. 60 s follows DeepSeek-Prover-V1.5's "
         "verifier; on expiry the REPL process group is killed and the verdict is TimedOut.",
     )
     header_timeout_s: float = Field(
-        600.0, gt=0, description="Wall-clock limit for importing a header (Mathlib import: seconds to minutes), seconds."
+        600.0, gt=0, le=MAX_TIMEOUT_S, description="Wall-clock limit for importing a header (Mathlib import: seconds to minutes), seconds."
     )
     memory_limit_mb: int = Field(
         16384, ge=256,
@@ -51,7 +57,7 @@ class VerifierConfig(BaseModel):
         "Mathlib REPL, 12-16 GiB works (REPL_PROTOCOL.md).",
     )
     tactic_timeout_s: float = Field(
-        10.0, gt=0,
+        10.0, gt=0, le=MAX_TIMEOUT_S,
         description="Wall-clock limit per tactic in tactic mode (TacticSession.run), seconds. On "
         "expiry the REPL process is killed and the session ends with ReplTimeoutError.",
     )
@@ -82,3 +88,11 @@ class VerifierConfig(BaseModel):
     kimina_url: str = Field(
         "http://127.0.0.1:8000", description="Base URL of a running kimina-lean-server (backend 'kimina')."
     )
+
+    @field_validator("kimina_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://HOST[:PORT] or https://..., got {url!r}")
+        return url

@@ -37,6 +37,7 @@ from lean_env.errors import (
     VerifierConfigError,
 )
 from lean_env.pool import ReplPool, gather_bounded
+from lean_env.standin.rules import RuleTableError, load_rules
 from lean_env.verdict import NotChecked, TimedOut, Verdict
 
 
@@ -172,6 +173,10 @@ def make_verifier(config: VerifierConfig) -> Any:
         if not Path(config.standin_rules).is_file():
             raise VerifierConfigError(f"verifier.standin_rules: {config.standin_rules}: no such "
                                       "rule table")
+        try:   # a malformed table is the user's mistake, not a REPL that crashed on every proof
+            load_rules(Path(config.standin_rules))
+        except RuleTableError as exc:
+            raise VerifierConfigError(f"verifier.standin_rules: {exc}") from None
         return Verifier(config)
     if config.backend == "kimina":
         from lean_env.backends.kimina import KiminaVerifier  # imports this module

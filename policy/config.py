@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+SEED_MAX = 2**63 - 1   # torch.manual_seed and vLLM take signed 64-bit seeds
+
 
 class SamplingConfig(BaseModel):
     """Sampling parameters for one generate call."""
@@ -20,7 +22,9 @@ class SamplingConfig(BaseModel):
     temperature: float = Field(1.0, ge=0.0, description="Softmax temperature; 0 means greedy.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (DeepSeek-Prover-V1.5 uses 0.95).")
     max_tokens: int = Field(2048, ge=1, description="Maximum new tokens per completion.")
-    seed: int | None = Field(None, description="Sampling seed for reproducible runs; None draws one.")
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="Sampling seed for reproducible runs; None draws one. "
+        "At most 2**63 - 1 (torch and vLLM take 64-bit seeds).")
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion.")
     ignore_eos: bool = Field(
         False,

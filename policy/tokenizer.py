@@ -63,6 +63,13 @@ class TokenizerError(ValueError):
     """A tokenizer path or training corpus the user supplied cannot be used (one-line message)."""
 
 
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenizerError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def read_corpus(paths: Sequence[Path], fields: Sequence[str] = DEFAULT_TEXT_FIELDS) -> Iterator[str]:
     """Yield training texts: the string `fields` of each record of `.jsonl` files, and the
     whole content of any other file (`.lean`, `.txt`). Folders are searched for `*.lean`."""
@@ -73,10 +80,11 @@ def read_corpus(paths: Sequence[Path], fields: Sequence[str] = DEFAULT_TEXT_FIEL
         if not path.is_file():
             raise TokenizerError(f"corpus file not found: {path}")
         if path.suffix != ".jsonl":
-            yield path.read_text(encoding="utf-8")
+            yield _utf8(path.read_bytes(), f"{path}")
             continue
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
+        with path.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                line = _utf8(raw, f"{path}:{number}")
                 if not line.strip():
                     continue
                 try:

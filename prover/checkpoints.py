@@ -1,18 +1,30 @@
-"""Policy checkpoints as the prover manages them: create one from a preset, describe one.
+"""Policy checkpoints as the prover manages them: create one, find one, describe one.
 
 `init_checkpoint` writes a complete Hugging Face folder (config, weights, generation config,
-tokenizer) that transformers and vLLM load as is; `checkpoint_info` reads ours, transformers'
-deepseek_v3 checkpoints and, for other causal LMs, the parameter count. Both raise
-`UserError` for anything the caller can fix; the CLI (`prover model`) is a shell over them.
+tokenizer) that transformers and vLLM load as is; `resolve_model` turns what a user passes as
+`--model` (a folder, or a Hugging Face hub id such as `deepseek-ai/DeepSeek-Prover-V2-7B`)
+into a local folder, failing fast offline; `checkpoint_info` reads ours, transformers'
+deepseek_v3 checkpoints and, for other causal LMs, the parameter count. All raise
+`UserError` for anything the caller can fix; the CLI is a shell over them.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prover.errors import UserError
+
+# owner/name as the hub spells repository ids (no path of ours looks like this and exists).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+# What generation needs from a hub repository: configs, tokenizer files, weights.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -96,16 +108,94 @@ def _safetensors_summary(folder: Path) -> dict[str, Any] | None:
     }
 
 
-def checkpoint_info(folder: Path) -> dict[str, Any]:
-    """Parameters and layout of a checkpoint folder: exact per-part counts for DeepSeek-V3
-    configs (ours or any HF deepseek_v3), the weights' own count for any other model."""
+def read_model_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's config.json as a dict; UserError for a missing, unreadable, non-JSON
+    or non-object file (what transformers and vLLM would otherwise fail on with a traceback)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json (not a Hugging Face checkpoint folder)")
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{config_file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: expected a JSON object of model settings, got a "
+                        f"{type(config).__name__}")
+    return config
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or flag.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _reachable(url: str, timeout_s: float) -> str | None:
+    """None if a TCP connection to `url`'s host opens within `timeout_s`, else why not. Runs in a
+    thread because name resolution has no timeout of its own."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    failure: list[str] = ["no answer"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            failure.clear()
+        except OSError as exc:
+            failure[:] = [exc.strerror or str(exc)]
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return f"{failure[0]} after {timeout_s:g} s" if thread.is_alive() else (failure[0] if failure else None)
+
+
+def resolve_model(spec: str, *, connect_timeout_s: float = 2.0) -> Path:
+    """A local checkpoint folder for `--model`: an existing folder, or a Hugging Face hub id
+    (`owner/name`) taken from the local cache or downloaded. Offline (HF_HUB_OFFLINE=1 or the hub
+    unreachable within `connect_timeout_s`) an id not in the cache fails at once with a hint,
+    instead of the hub client's retries."""
+    path = Path(spec).expanduser()
+    if path.exists() or not HUB_ID.match(spec):
+        if not path.is_dir():
+            raise UserError(f"--model {spec}: no such folder (and not a Hugging Face hub id owner/name)")
+        read_model_config(path)
+        return path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(spec, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+        hint = (f"download it where there is a network (`hf download {spec}`) and pass the folder, "
+                "or fill the cache")
+        if _offline():
+            raise UserError(f"--model {spec}: not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                            f"is set; {hint}") from None
+        why = _reachable(endpoint, connect_timeout_s)
+        if why is not None:
+            raise UserError(f"--model {spec}: not in the local Hugging Face cache and the hub "
+                            f"({endpoint}) is not reachable: {why}; {hint}") from None
+        try:
+            folder = Path(snapshot_download(spec, allow_patterns=HUB_PATTERNS, endpoint=endpoint))
+        except HfHubHTTPError as exc:
+            raise UserError(f"--model {spec}: no such folder, and the hub says: "
+                            f"{str(exc).splitlines()[0]}") from None
+    except HFValidationError as exc:
+        raise UserError(f"--model {spec}: not a valid hub id ({exc})") from None
+    read_model_config(folder)
+    return folder
+
+
+def checkpoint_info(folder: Path) -> dict[str, Any]:
+    """Parameters and layout of a checkpoint folder: exact per-part counts for DeepSeek-V3
+    configs (ours or any HF deepseek_v3), the weights' own count for any other model."""
+    config_file = folder / "config.json"
+    config = read_model_config(folder)
     info: dict[str, Any] = {
         "path": str(folder),
         "model_type": config.get("model_type"),

@@ -21,7 +21,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lean_env.config import VerifierConfig
-from policy.config import PolicyConfig
+from policy.config import SEED_MAX, PolicyConfig
 from prover.errors import UserError
 
 RESOLVED_CONFIG_NAME = "config.resolved.toml"
@@ -72,7 +72,7 @@ class TrainingConfig(BaseModel):
         0.001, ge=0,
         description="gamma of the aux-loss-free expert balancing bias update. 0.001 as in DeepSeek-V3 (sec 4.2).",
     )
-    seed: int = Field(0, description="Seed for data order and initialisation.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order and initialisation.")
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
 
 
@@ -104,7 +104,7 @@ class ProverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_dir: Path = Field(Path("runs/latest"), description="Where the run writes results, logs and this config.")
-    seed: int = Field(0, description="Global seed; parts that sample derive theirs from it.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Global seed; parts that sample derive theirs from it.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -135,8 +135,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
 

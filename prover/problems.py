@@ -368,11 +368,14 @@ def load_problems(
 ) -> list[Problem]:
     """Load a problem set from a path, `hf:owner/name` or suite name, then select.
 
-    Selection happens in this order: the suite's own split, `split`, `names` (all must exist),
-    then the first `limit` problems in file order.
+    Selection happens in this order: the suite's own split (a different `split` is an error),
+    `split`, `names` (all must exist), then the first `limit` problems in file order.
     """
     resolved = resolve_source(source)
     suite = resolved.suite
+    if suite and suite.split and split is not None and split != suite.split:
+        raise ProblemSetError(f"--split {split} contradicts suite {suite.name}, which is split "
+                              f"{suite.split!r}; drop --split, or name the suite of that split")
     if resolved.kind == "hub":
         problems = load_hub(resolved.location, split=(suite.hub_split if suite else split),
                             revision=suite.hub_revision if suite else None,

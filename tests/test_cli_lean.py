@@ -98,7 +98,8 @@ def test_without_lean_check_refuses_and_points_at_setup(proofs: dict[str, Path])
     if find_toolchain().complete:
         pytest.skip("a Lean toolchain is installed here")
     result = runner.invoke(app, ["lean", "check", str(proofs[PASSING[0]])])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, f"exit {result.exit_code} (want 3, could not check): {result.output}"
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "prover lean setup" in result.stderr and "--static" in result.stderr, result.stderr
 
 

@@ -1,32 +1,126 @@
 """`prover`: the command-line interface, a thin typer shell over library functions.
 
-Groups: prove, train, bench, lean, model, data. Logging is configured here (and only here),
-from the global `--log-level`. Domain errors (`UserError`) become a one-line message and
-exit code 2; nothing a user can cause ends in a traceback.
+Groups: prove, train, bench, lean, model, data, config. Logging is configured here (and only
+here), from the global `--log-level` (`prover.logs`). stdout carries a command's result and
+nothing else; logs, progress and errors go to stderr.
+
+One guard (`_Group.main`) turns everything a user can cause into one line on stderr and an
+exit code (`prover.cli.common`): 0 yes, 1 no, 2 the user's mistake (a `UserError`, a usage
+error, an unreadable or undecodable input), 3 could not check (no Lean, a verifier server
+down), 130 interrupted. Anything else is a bug: its traceback is shown, with a line asking
+to report it, and exit 70.
 """
 
 from __future__ import annotations
 
-import logging
+import sys
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError   # typer vendors click
 from typer.core import TyperGroup
 
+import prover
 from prover.cli import bench, data, lean, model, prove, train
-from prover.cli.common import UserError, err_console
+from prover.cli import config as config_cli
+from prover.cli.common import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_CHECKED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UserError,
+    err_console,
+)
+
+
+def _printable(text: str) -> str:
+    """`text` with undecodable bytes of path names (lone surrogates) shown as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _error(message: str, code: int) -> int:
+    err_console.print(f"[bold red]error:[/] {escape(_printable(message))}", highlight=False, soft_wrap=True)
+    return code
+
+
+def _check_arguments(args: Sequence[str]) -> None:
+    """Arguments with bytes that are not UTF-8 (a path name from another system) would break
+    every JSON file and report that names them: refuse them before any work starts."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"argument '{_printable(arg)}' is not valid UTF-8 (undecodable bytes "
+                            "in a path name?); rename the file or pass a path without them") from None
+
+
+def _usage_message(exc: ClickException) -> str:
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, UsageError) and ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    return " ".join(message.split())   # one line
+
+
+def _handle(exc: BaseException) -> int:
+    """The exit code for an exception that reached the CLI edge, after saying why on stderr."""
+    from lean_env.errors import LeanEnvError, VerifierConfigError
+
+    if isinstance(exc, UserError):
+        return _error(str(exc), exc.exit_code)
+    if isinstance(exc, NoArgsIsHelpError):   # a group called bare: its help is already printed
+        return EXIT_USAGE
+    if isinstance(exc, ClickException):   # usage errors, bad option values
+        return _error(_usage_message(exc), EXIT_USAGE)
+    if isinstance(exc, typer.Abort | KeyboardInterrupt):
+        return _error("interrupted", EXIT_INTERRUPTED)
+    if isinstance(exc, VerifierConfigError):
+        return _error(str(exc), EXIT_USAGE)
+    if isinstance(exc, LeanEnvError | ConnectionError):
+        return _error(f"could not check: {exc}", EXIT_NOT_CHECKED)
+    if isinstance(exc, UnicodeDecodeError):
+        return _error(f"input is not UTF-8 text ({exc.reason} at byte {exc.start})", EXIT_USAGE)
+    if isinstance(exc, UnicodeEncodeError):
+        return _error(f"text cannot be written as UTF-8 ({exc.reason}: {exc.object[exc.start:exc.end]!r}); "
+                      "undecodable bytes in a path name?", EXIT_USAGE)
+    if isinstance(exc, OverflowError):
+        return _error(f"a number is too large: {exc}", EXIT_USAGE)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return _error(f"{exc.filename}: {exc.strerror}", EXIT_USAGE)
+    traceback.print_exception(exc)
+    return _error(f"internal error in prover {prover.__version__} (a bug, not your input): please "
+                  "report it with the command line and the traceback above", EXIT_INTERNAL)
 
 
 class _Group(TyperGroup):
-    """Turns a `UserError` raised anywhere below into one red line on stderr and its exit code."""
+    """The root group: the one place where exceptions become messages and exit codes."""
 
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
         try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _check_arguments(argv)
+            with _results_only_on_stdout():
+                code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else EXIT_OK
+        except Exception as exc:   # noqa: BLE001 (the CLI edge: every exception ends here)
+            code = _handle(exc)
+        except KeyboardInterrupt as exc:
+            code = _handle(exc)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _results_only_on_stdout():  # type: ignore[no-untyped-def]
+    from prover.logs import stdout_reserved_for_results
+
+    return stdout_reserved_for_results()
 
 
 app = typer.Typer(
@@ -37,6 +131,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(prove.app, name="prove")
 app.add_typer(train.app, name="train")
@@ -44,6 +139,13 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(lean.app, name="lean")
 app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")
+app.add_typer(config_cli.app, name="config")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"prover {prover.__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
@@ -53,8 +155,8 @@ def _global(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML run configuration ([policy], [verifier], [rollout], [training], [benchmark]); "
-            "command-line flags override it, it overrides the defaults.",
+            help="TOML run configuration (sections policy, verifier, rollout, training, benchmark); "
+            "command-line flags override it, it overrides the defaults. See `prover config show`.",
             dir_okay=False,
         ),
     ] = None,
@@ -62,17 +164,30 @@ def _global(
         str,
         typer.Option(
             "--log-level",
-            help="Logging level for progress and diagnostics on stderr: debug, info, warning, error.",
+            help="Level of library logs (vLLM, transformers, HF hub, Ray, torch) and diagnostics, "
+            "all on stderr: debug, info, warning, error.",
             case_sensitive=False,
         ),
     ] = "warning",
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                     callback=_print_version),
+    ] = False,
 ) -> None:
-    level = logging.getLevelName(log_level.upper())
-    if not isinstance(level, int):
-        raise UserError(f"--log-level: unknown log level {log_level!r} (use debug, info, warning or error)")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if config is not None and not config.is_file():
-        raise UserError(f"--config {config}: no such file")
+    from prover.logs import configure_logging, parse_level
+
+    try:
+        level = parse_level(log_level)
+    except ValueError as exc:
+        raise UserError(f"--log-level: {exc}") from None
+    configure_logging(level)
+    if config is not None:
+        from prover.config import resolve_config
+
+        if not config.is_file():
+            raise UserError(f"--config {config}: no such file")
+        resolve_config(config)   # a bad file fails here, before any command starts work
     ctx.obj = {"config_file": config}
 
 

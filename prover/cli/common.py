@@ -1,31 +1,42 @@
-"""Pieces every CLI command shares: the user-error type, `--json` output, console helpers.
+"""Pieces every CLI command shares: exit codes, the user-error types, `--json` output,
+console helpers and the checks run on options before any work starts.
 
 Domain errors become a one-line message and an exit code at the CLI edge, never a
-traceback: library code raises `prover.errors.UserError` for anything a user can fix.
+traceback: library code raises `prover.errors.UserError` for anything a user can fix and
+`prover.errors.CannotCheck` when nothing here could judge the input.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from prover.errors import UserError
+from policy.config import SEED_MAX   # largest seed torch and vLLM take
+from prover.errors import CannotCheck, UserError
 
-__all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_USAGE", "JsonFlag", "UserError", "config_from_context",
-           "console", "err_console", "fail", "print_json"]
+__all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED",
+           "EXIT_USAGE", "SEED_MAX", "CannotCheck", "JsonFlag", "UserError", "config_from_context",
+           "console", "err_console", "exit_code_for", "print_json", "require_writable_dir"]
 
-# Exit codes shared by all commands.
-EXIT_OK = 0
-EXIT_REJECTED = 1   # the command ran; the answer is "no" (e.g. a proof was rejected)
-EXIT_USAGE = 2      # bad input: unreadable file, unknown name, invalid option
-
+# Exit codes: each means one thing, for every command.
+EXIT_OK = 0             # yes: proved, accepted, everything found
+EXIT_REJECTED = 1       # the command ran and the answer is "no" (a proof rejected, a problem not proved)
+EXIT_USAGE = 2          # the user's mistake: bad option, unreadable or malformed file, bad config value
+EXIT_NOT_CHECKED = 3    # could not check: no Lean toolchain or REPL, verifier server down, infrastructure
+EXIT_INTERNAL = 70      # a bug in the prover (traceback shown; sysexits' EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # interrupted by Ctrl-C (128 + SIGINT)
 
 JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout (for programs).")
+    bool, typer.Option("--json", help="Print the result as one JSON document on stdout (for "
+                       "programs); logs and progress go to stderr.")
 ]
 
 console = Console()
@@ -38,10 +49,34 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print `message` to stderr and return the Exit to raise: `raise fail("...")`."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+def exit_code_for(outcomes: Iterable[str]) -> int:
+    """One exit code for a set of verdict outcomes (`Verdict.outcome` strings): some could not
+    be checked (infrastructure) -> 3, else all accepted -> 0, else (or none at all) -> 1."""
+    seen = list(outcomes)
+    if "not_checked:infrastructure" in seen:
+        return EXIT_NOT_CHECKED
+    return EXIT_OK if seen and all(o == "accepted" for o in seen) else EXIT_REJECTED
+
+
+def require_writable_dir(folder: Path, option: str = "--out") -> None:
+    """Refuse, before any work starts, an output folder that could not be written at the end:
+    a file in the way, or a folder (or the nearest existing parent) we cannot create files in.
+    Probes by creating a temporary file, which also catches read-only filesystems and root's
+    permission bypass that `os.access` misses."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"has a file in its path ({existing})"
+        raise UserError(f"{option} {folder}: {where}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        what = "" if existing == folder else f" (its nearest existing parent {existing} is not)"
+        raise UserError(f"{option} {folder}: not writable{what}: {os.strerror(exc.errno or 0)}") from None
 
 
 def config_from_context(ctx: typer.Context, overrides: dict[str, Any] | None = None):  # -> ProverConfig

@@ -2,12 +2,12 @@
 
     prover lean setup                 install elan, the pinned Lean, Mathlib's cache, the REPL
     prover lean doctor [--json]       what is found and what is missing (exit 1 if anything is)
-    prover lean check PROOF.lean      exit 0 accepted, 1 rejected, 2 bad input
+    prover lean check PROOF.lean      exit 0 accepted, 1 rejected, 2 bad input, 3 could not check
     prover lean check-set PROOFS.jsonl --problems SET   every proof of a set, with a summary
 
 `check` runs the same pipeline as every other caller (`lean_env.verifier.Verifier`:
 precheck, Lean command, judge). `--static` runs only the checks that need no Lean and says
-so. Without a toolchain, `check` refuses (exit 2) rather than fall back to anything else;
+so. Without a toolchain, `check` refuses (exit 3, could not check) rather than fall back to anything else;
 the stand-in REPL is available only when asked for by name (`--standin RULES.json`), and
 then every line of output says "stand-in (not Lean)".
 """
@@ -22,12 +22,15 @@ import typer
 from prover.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
+    CannotCheck,
     JsonFlag,
     UserError,
     config_from_context,
     console,
     err_console,
+    exit_code_for,
     print_json,
+    require_writable_dir,
 )
 
 app = typer.Typer(
@@ -93,9 +96,11 @@ def _read_proof(path: Path) -> str:
         raise UserError(f"{path}: cannot read: {exc}") from None
 
 
-def _target(path: Path, code: str, problem: str | None, problems: str | None) -> tuple[str, str, str]:
-    """(name, header, formal_statement) the file is checked against."""
-    from lean_env.acceptance import file_problem
+def _target(path: Path, code: str, problem: str | None, problems: str | None,
+            theorem: str | None = None) -> tuple[str, str, str]:
+    """(name, header, formal_statement) the file is checked against: a problem of a set, or
+    the file's own theorem (`theorem`, default its first)."""
+    from lean_env.acceptance import file_problem, statement_text
 
     if problem is None:
         if problems is not None:
@@ -105,7 +110,17 @@ def _target(path: Path, code: str, problem: str | None, problems: str | None) ->
             raise UserError(f"{path}: no theorem found (pass --problem NAME --problems SET to "
                             "check it against a problem)")
         header, name, statement = own
+        if theorem is not None and theorem != name:
+            try:
+                statement = statement_text(theorem, code) + " := by\n"
+            except ValueError:
+                raise UserError(f"{path}: no theorem named {theorem!r} (its first theorem is "
+                                f"{name!r})") from None
+            name = theorem
         return name, header, statement
+    if theorem is not None:
+        raise UserError("--theorem picks a theorem of the file itself; with --problem the "
+                        "problem's statement is used")
     if problems is None:
         raise UserError("--problem needs --problems PATH_OR_SUITE (e.g. minif2f-valid)")
     from prover.problems import load_problems
@@ -134,8 +149,8 @@ def open_verifier(config: Any, standin: Path | None) -> Any:
     except VerifierConfigError as exc:
         raise UserError(str(exc)) from None
     except ToolchainError as exc:
-        raise UserError(f"no Lean toolchain found (see `prover lean doctor`): {exc}; run `prover "
-                        "lean setup`, or pass --static for the checks that need no Lean") from None
+        raise CannotCheck(f"could not check: no Lean toolchain found: {exc}; or pass --static for "
+                          "the checks that need no Lean") from None
 
 
 @app.command()
@@ -149,6 +164,9 @@ def check(
     problems: Annotated[str | None, typer.Option(
         "--problems", help="Problem set holding --problem: a .jsonl/.lean path or a suite name "
         "(minif2f-valid, ...).")] = None,
+    theorem: Annotated[str | None, typer.Option(
+        "--theorem", help="Which theorem of the file to check against its own statement "
+        "(default: the first).")] = None,
     static: Annotated[bool, typer.Option(
         "--static", help="Only the checks that need no Lean (header, statement, forbidden "
         "constructs). Says clearly that Lean did not run.")] = False,
@@ -160,15 +178,16 @@ def check(
         "instead of Lean. Its verdicts are not Lean's.", hidden=True)] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Check one proof file: exit 0 accepted, 1 rejected, 2 bad input."""
+    """Check one proof file: exit 0 accepted, 1 rejected, 2 bad input, 3 could not check (no
+    Lean toolchain, verifier infrastructure failed)."""
     from lean_env.acceptance import precheck
     from lean_env.verdict import Accepted
     from lean_env.verifier import VerifyRequest
 
     code = _read_proof(proof)
-    name, header, statement = _target(proof, code, problem, problems)
+    name, header, statement = _target(proof, code, problem, problems, theorem)
     label = STANDIN_LABEL if standin is not None else None
-    verifier = None if static else open_verifier(   # exit 2 without Lean
+    verifier = None if static else open_verifier(   # exit 3 without Lean
         config_from_context(ctx, {"verifier.workers": 1, "verifier.timeout_s": timeout}).verifier, standin)
     checked_by = "static checks (no Lean ran)" if static else verifier.checked_by
     try:
@@ -191,7 +210,7 @@ def check(
         print_json(out)
     else:
         _print_human(name, verdict, static=static_verdict, label=label)
-    raise typer.Exit(EXIT_OK if passed else EXIT_REJECTED)
+    raise typer.Exit(EXIT_OK if passed else exit_code_for([verdict.outcome if verdict else "accepted"]))
 
 
 def _say(text: str) -> None:
@@ -205,9 +224,9 @@ def _print_human(name: str, verdict: Any, *, static: bool, label: str | None) ->
         _say(f"{prefix}PASSED static checks: {name} (header, statement, no forbidden "
              "constructs). Lean did not run: this is not a verified proof.")
         return
-    word = {"accepted": "ACCEPTED", "rejected": "REJECTED", "timedout": "TIMED OUT",
-            "notchecked": "NOT CHECKED"}[verdict.kind]
-    what = verdict.outcome.partition(":")[2]
+    kind, _, what = verdict.outcome.partition(":")
+    word = {"accepted": "ACCEPTED", "rejected": "REJECTED", "timed_out": "TIMED OUT",
+            "not_checked": "NOT CHECKED"}[kind]
     head = f"{prefix}{word}: {name}" + (f" ({what})" if what else "")
     head += f" [checked by {verdict.checked_by}; {verdict.time_s:.2f} s]"
     _say(head)
@@ -246,7 +265,8 @@ def check_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Check every proof of a jsonl file against its problem: a table of outcomes, the failures,
-    and with --out the per-proof results. Exit 0 if all passed, 1 if any failed, 2 bad input."""
+    and with --out the per-proof results. Exit 0 if all passed, 1 if any failed, 2 bad input,
+    3 if some could not be checked (infrastructure)."""
     import json
 
     from rich.markup import escape
@@ -257,6 +277,8 @@ def check_set(
     from prover.config import write_resolved_config
     from prover.problems import load_problems
 
+    if out is not None:
+        require_writable_dir(out)
     entries = load_proofs(proofs)
     problem_set = load_problems(problems)
     run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers})
@@ -299,4 +321,4 @@ def check_set(
             _say("Lean did not run: `passed_static` proofs are not verified proofs.")
         if out is not None:
             _say(f"wrote {out}/results.jsonl, summary.json, config.resolved.toml")
-    raise typer.Exit(EXIT_OK if summary["passed"] == summary["total"] else EXIT_REJECTED)
+    raise typer.Exit(EXIT_OK if summary["passed"] == summary["total"] else exit_code_for(summary["outcomes"]))

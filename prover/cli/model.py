@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from prover.checkpoints import check_out_dir, checkpoint_info, init_checkpoint
-from prover.cli.common import JsonFlag, UserError, console, print_json
+from prover.cli.common import SEED_MAX, JsonFlag, UserError, console, print_json, require_writable_dir
 
 app = typer.Typer(
     help="Policy checkpoints: write a fresh DeepSeek-V3-architecture checkpoint from a preset "
@@ -72,13 +72,14 @@ def init(
     tokenizer: Annotated[Path | None, typer.Option(
         "--tokenizer", help="Hugging Face tokenizer folder; default: the shipped "
         "data/tokenizers/lean-bpe-4k. The model's vocabulary is its size.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random initialisation.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the random initialisation.")] = 0,
     dtype: Annotated[str, typer.Option("--dtype", help="Weights' dtype: float32, bfloat16, float16.")] = "float32",
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Write a fresh, randomly initialised checkpoint (config, safetensors, tokenizer) that
     transformers and vLLM load."""
+    require_writable_dir(out)
     info = init_checkpoint(preset_name, out, tokenizer_path=tokenizer, seed=seed, dtype=dtype, force=force)
     if as_json:
         print_json(info)
@@ -115,6 +116,7 @@ def train_tokenizer_command(
     from policy.tokenizer import TokenizerError, read_corpus, train_tokenizer
 
     check_out_dir(out, force)
+    require_writable_dir(out)
     try:
         texts = list(read_corpus(corpus))
         if not texts:

@@ -15,13 +15,15 @@ import typer
 
 from prover.cli.common import (
     EXIT_OK,
-    EXIT_REJECTED,
+    SEED_MAX,
     JsonFlag,
     UserError,
     config_from_context,
     console,
     err_console,
+    exit_code_for,
     print_json,
+    require_writable_dir,
 )
 
 app = typer.Typer(
@@ -43,12 +45,14 @@ def whole(
     split: Annotated[str | None, typer.Option("--split", help="Keep only this split of the set.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N problems.")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", help="HF checkpoint folder of the policy (ours or any causal LM); default policy.checkpoint.")] = None,
+        "--model", help="The policy: a Hugging Face checkpoint folder (ours or any causal LM) or a hub "
+        "id owner/name (from the local cache, or downloaded); default policy.checkpoint.")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="vllm (default) or transformers.")] = None,
     samples: Annotated[int | None, typer.Option("--samples", min=1, help="Proofs sampled per problem (default policy.sampling.n).")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per proof.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed, for reproducible runs.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=SEED_MAX,
+                                             help="Sampling seed, for reproducible runs.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Lean wall-clock limit per proof, seconds.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="REPL processes checking proofs.")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -61,9 +65,11 @@ def whole(
 ) -> None:
     """Whole-proof sampling: sample proofs for each problem and check every one with Lean.
 
-    Exit 0 when every problem was proved, 1 when some were not, 2 on bad input.
+    Exit 0 when every problem was proved, 1 when some were not, 2 on bad input, 3 when some
+    problem's samples could not be checked (verifier infrastructure).
     """
     from policy.engines import make_engine
+    from prover.checkpoints import resolve_model
     from prover.cli.lean import STANDIN_LABEL, open_verifier
     from prover.config import write_resolved_config
     from prover.problems import load_problems
@@ -77,8 +83,9 @@ def whole(
     })
     if config.policy.checkpoint is None:
         raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
-    if not (Path(config.policy.checkpoint) / "config.json").is_file():
-        raise UserError(f"--model {config.policy.checkpoint}: not a checkpoint folder (no config.json)")
+    require_writable_dir(config.output_dir)
+    checkpoint = resolve_model(config.policy.checkpoint)   # a folder, or a hub id -> its local folder
+    config = config.model_copy(update={"policy": config.policy.model_copy(update={"checkpoint": str(checkpoint)})})
     selected = load_problems(problems, split=split, names=names or None, limit=limit)
     verifier = open_verifier(config.verifier, standin)   # exit 2 here if no Lean, before loading a model
     label = STANDIN_LABEL if standin is not None else None
@@ -110,8 +117,7 @@ def whole(
         for r in results:
             kinds: dict[str, int] = {}
             for a in r.attempts:
-                key = getattr(a.verdict, "reason", None) or a.verdict.kind
-                kinds[str(key)] = kinds.get(str(key), 0) + 1
+                kinds[a.verdict.outcome] = kinds.get(a.verdict.outcome, 0) + 1
             tally = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
             word = "PROVED" if r.proved else "not proved"
             console.print(f"{prefix}{word}: {r.problem.id} ({len(r.attempts)} samples: {tally})",
@@ -121,4 +127,5 @@ def whole(
         console.print(f"{prefix}{summary['proved']}/{summary['total']} proved; checked by {verifier.checked_by}; "
                       f"{summary['seconds']} s; wrote {config.output_dir}/results.jsonl, summary.json, "
                       f"{config_path.name}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_OK if summary["proved"] == summary["total"] else EXIT_REJECTED)
+    raise typer.Exit(EXIT_OK if summary["proved"] == summary["total"] else exit_code_for(
+        a.verdict.outcome for r in results if not r.proved for a in r.attempts))
