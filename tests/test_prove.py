@@ -115,14 +115,14 @@ def test_cli_prove_bad_input(tmp_path: Path, tiny_checkpoint: Path) -> None:
     result = runner.invoke(app, ["prove", "whole", "--problems", "minif2f-valid", "--limit", "1"])
     assert result.exit_code == 2 and "no policy checkpoint: pass --model DIR" in result.stderr, result.output
     result = runner.invoke(app, ["prove", "whole", "--model", str(tmp_path), "--limit", "1"])
-    assert result.exit_code == 2 and "not a checkpoint folder (no config.json)" in result.stderr, result.output
+    assert result.exit_code == 2 and "has no config.json (not a Hugging Face checkpoint folder)" in result.stderr, result.output
     result = runner.invoke(app, ["prove", "whole", "nope", "--problems", "minif2f-valid", "--model", str(tiny_checkpoint)])
     assert result.exit_code == 2 and "unknown problem name(s): nope" in result.stderr, result.output
     from lean_env.toolchain import find_toolchain
 
     if find_toolchain().complete:
         return  # with Lean installed the run would go ahead; the refusal below is for machines without it
-    # No Lean here and no stand-in named: refuse before loading a model, never fall back.
+    # No Lean here and no stand-in named: could not check (3), before loading a model, never fall back.
     result = runner.invoke(app, ["prove", "whole", "--problems", "minif2f-valid", "--limit", "1",
                                  "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "no Lean toolchain found" in result.stderr, result.output
+    assert result.exit_code == 3 and "no Lean toolchain found" in result.stderr, result.output

@@ -21,7 +21,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError   # typer vendors click
+from typer._click.exceptions import (  # typer vendors click
+    ClickException,
+    NoArgsIsHelpError,
+    UsageError,
+)
 from typer.core import TyperGroup
 
 import prover
@@ -36,6 +40,7 @@ from prover.cli.common import (
     UserError,
     err_console,
 )
+from prover.logs import configure_logging, parse_level, stdout_reserved_for_results
 
 
 def _printable(text: str) -> str:
@@ -105,7 +110,7 @@ class _Group(TyperGroup):
         argv = list(sys.argv[1:] if args is None else args)
         try:
             _check_arguments(argv)
-            with _results_only_on_stdout():
+            with stdout_reserved_for_results():
                 code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
             code = code if isinstance(code, int) else EXIT_OK
         except Exception as exc:   # noqa: BLE001 (the CLI edge: every exception ends here)
@@ -115,12 +120,6 @@ class _Group(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
-
-
-def _results_only_on_stdout():  # type: ignore[no-untyped-def]
-    from prover.logs import stdout_reserved_for_results
-
-    return stdout_reserved_for_results()
 
 
 app = typer.Typer(
@@ -175,8 +174,6 @@ def _global(
                      callback=_print_version),
     ] = False,
 ) -> None:
-    from prover.logs import configure_logging, parse_level
-
     try:
         level = parse_level(log_level)
     except ValueError as exc:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from policy.config import SEED_MAX   # largest seed torch and vLLM take
+from policy.config import SEED_MAX  # largest seed torch and vLLM take
 from prover.errors import CannotCheck, UserError
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED",

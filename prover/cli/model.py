@@ -19,7 +19,14 @@ from typing import Annotated, Any
 import typer
 
 from prover.checkpoints import check_out_dir, checkpoint_info, init_checkpoint
-from prover.cli.common import SEED_MAX, JsonFlag, UserError, console, print_json, require_writable_dir
+from prover.cli.common import (
+    SEED_MAX,
+    JsonFlag,
+    UserError,
+    console,
+    print_json,
+    require_writable_dir,
+)
 
 app = typer.Typer(
     help="Policy checkpoints: write a fresh DeepSeek-V3-architecture checkpoint from a preset "
