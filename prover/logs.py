@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_handler: logging.Handler | None = None   # ours on the root logger, replaced on reconfiguration
 
 
 def parse_level(name: str) -> int:
@@ -76,19 +77,26 @@ def configure_logging(level: int) -> None:
     os.environ["TRANSFORMERS_VERBOSITY"] = name.lower()
     os.environ["HF_HUB_VERBOSITY"] = name.lower()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")   # its fork warning is noise here
+    global _handler
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(_NotPrintedYet())
-    root.addHandler(handler)
+    if _handler is not None:   # configured before (several commands in one process, as in tests)
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter(FORMAT))
+    _handler.addFilter(_NotPrintedYet())
+    root.addHandler(_handler)
     root.setLevel(level)
     for library in ("transformers", "huggingface_hub", "vllm", "ray", "torch"):
         if library in sys.modules:   # already configured itself: the environment is read
             logging.getLogger(library).setLevel(level)
-    logging.getLogger("transformers.modeling_utils").addFilter(MtpLoadReportFilter())
-    logging.captureWarnings(True)   # `warnings.warn` lines at the same level, through one handler
+    if "transformers" in sys.modules:   # its handler may hold an old stderr; use ours instead
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()
+    modeling = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, MtpLoadReportFilter) for f in modeling.filters):
+        modeling.addFilter(MtpLoadReportFilter())
 
 
 @contextmanager

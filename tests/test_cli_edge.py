@@ -126,7 +126,8 @@ def test_logging_filters_only_the_mtp_report_and_prints_each_record_once(
     configure_logging(logging.WARNING)
     hub = logging.getLogger("huggingface_hub.test_edge")
     library = logging.getLogger("huggingface_hub")
-    library.addHandler(logging.StreamHandler())   # what huggingface_hub does, and propagates
+    saved = library.handlers[:]
+    library.handlers[:] = [logging.StreamHandler()]   # what huggingface_hub does, and it propagates
     try:
         hub.warning("hub warning")
         report = ("DeepseekV3ForCausalLM LOAD REPORT from: x\nKey | Status | |\n---+---+-+-\n"
@@ -136,7 +137,7 @@ def test_logging_filters_only_the_mtp_report_and_prints_each_record_once(
             report.replace("model.layers.2.enorm.weight", "model.layers.0.mlp.gate.weight"))
         logging.getLogger("prover.test").info("not shown at WARNING")
     finally:
-        library.handlers.clear()
+        library.handlers[:] = saved
     out, err = capfd.readouterr()
     assert out == "", f"logs reached stdout: {out!r}"
     assert err.count("hub warning") == 1, err

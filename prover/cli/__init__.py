@@ -13,6 +13,7 @@ to report it, and exit 70.
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -88,6 +89,9 @@ def _handle(exc: BaseException) -> int:
         return _error(str(exc), EXIT_USAGE)
     if isinstance(exc, LeanEnvError | ConnectionError):
         return _error(f"could not check: {exc}", EXIT_NOT_CHECKED)
+    if isinstance(exc, UnicodeError | OverflowError | OSError):
+        # Inputs a check missed; the traceback stays one flag away in case it is our bug.
+        logging.getLogger("prover.cli").debug("traceback of the error below", exc_info=exc)
     if isinstance(exc, UnicodeDecodeError):
         return _error(f"input is not UTF-8 text ({exc.reason} at byte {exc.start})", EXIT_USAGE)
     if isinstance(exc, UnicodeEncodeError):
@@ -96,7 +100,7 @@ def _handle(exc: BaseException) -> int:
     if isinstance(exc, OverflowError):
         return _error(f"a number is too large: {exc}", EXIT_USAGE)
     if isinstance(exc, OSError) and exc.filename is not None:
-        return _error(f"{exc.filename}: {exc.strerror}", EXIT_USAGE)
+        return _error(f"{_printable(str(exc.filename))}: {exc.strerror}", EXIT_USAGE)
     traceback.print_exception(exc)
     return _error(f"internal error in prover {prover.__version__} (a bug, not your input): please "
                   "report it with the command line and the traceback above", EXIT_INTERNAL)
