@@ -114,9 +114,10 @@ def _fresh_process_check(argv: list[str], config: VerifierConfig, r: VerifyReque
         env = repl.command(r.header, timeout_s=config.header_timeout_s)
         assert not isinstance(env, ErrorReply) and env.env is not None, env
         t0 = time.perf_counter()
-        reply = repl.command(acceptance.lean_command(r.name, r.header, r.candidate), env=env.env,
-                             timeout_s=config.timeout_s)
-        return acceptance.judge(r.name, reply, allowed_axioms=config.allowed_axioms,
+        command = acceptance.lean_command(r.name, r.header, r.candidate, r.formal_statement)
+        reply = repl.command(command.text, env=env.env, timeout_s=config.timeout_s)
+        return acceptance.judge(r.name, reply, command=command,
+                                allowed_axioms=config.allowed_axioms,
                                 checked_by=standin.CHECKED_BY, time_s=time.perf_counter() - t0)
 
 
