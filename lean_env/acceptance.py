@@ -350,6 +350,7 @@ def _allowlist(cmds: list[Command], name: str, header_opens: set[tuple[str, ...]
     """Walk the commands: (the first problem found, or None; count of declarations of `name`
     at top level). Also enforces one top-level scope discipline."""
     scopes: list[tuple[str, str]] = []   # (namespace|section, name)
+    opened_at: list[int] = []
     want = _parts(name)
     declared = 0
     used_names = _statement_idents(statement)
@@ -448,15 +449,17 @@ def _allowlist(cmds: list[Command], name: str, header_opens: set[tuple[str, ...]
                     return (f"`end {label}` {_at(kw_tok)} does not close the innermost scope "
                             f"({' '.join(scopes[-1]) if scopes else 'none is open'})"), declared
                 scopes.pop()
+                opened_at.pop()
             else:
                 scopes.append((kw, label))
+                opened_at.append(kw_tok.line)
             continue
         allowed = ", ".join(ALLOWED_DECLS + ("open", "set_option", "attribute", "namespace",
                                              "section", "end", "#print axioms"))
         return (f"`{kw}` {_at(kw_tok)}: not a command a proof may contain (allowed: {allowed})"), declared
     if scopes:
-        return (f"`{' '.join(scopes[-1])}` is never closed: every namespace and section must end "
-                "before the end of the file"), declared
+        return (f"`{' '.join(scopes[-1]).strip()}` at line {opened_at[-1]} is never closed: every "
+                "namespace and section must end before the end of the file"), declared
     return None, declared
 
 
@@ -599,7 +602,8 @@ def precheck(name: str, header: str, formal_statement: str, candidate: str, *,
         return rejected(reason, problem)
     decls = _find_decls(code, name)
     if not decls or declared == 0:
-        declared_names = [code[i + 1].name for i, t in enumerate(code[:-1])
+        declared_names = [f"{code[i + 1].text} (line {code[i + 1].line})"
+                          for i, t in enumerate(code[:-1])
                           if t.kind is Kind.IDENT and t.text in _STATEMENT_KEYWORDS]
         return rejected(RejectReason.THEOREM_MISSING,
                         f"no top-level `theorem {name}` in the candidate"
