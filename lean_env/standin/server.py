@@ -61,7 +61,10 @@ def _statement_check(text: str) -> list[dict[str, Any]]:
         pos = _position(text, check.start())
         decl = re.search(r"^(?:theorem|lemma|def)\s+«?" + re.escape(name) + r"»?\s(?P<sig>.*?):=",
                          text, re.MULTILINE | re.DOTALL)
-        if decl is None:
+        # Inside `namespace X` the constant is `X.NAME`, not `_root_.NAME`.
+        opened = len(re.findall(r"^namespace\s", text[:decl.start()], re.MULTILINE)) if decl else 0
+        closed = len(re.findall(r"^end\s+\S", text[:decl.start()], re.MULTILINE)) if decl else 0
+        if decl is None or opened > closed:
             errors.append({"severity": "error", "pos": pos, "endPos": pos,
                            "data": f"unknown identifier '_root_.{name}'"})
             continue
