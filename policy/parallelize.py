@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
@@ -75,10 +76,8 @@ def parallelize(model: Transformer, config: SpeedConfig) -> Transformer:
     if config.compile:
         # An instance attribute shadowing the method: the head weight stays `lm_head.weight`.
         model.head_loss = torch.compile(model.head_loss, fullgraph=config.compile_fullgraph)  # type: ignore[method-assign]
-    containers = [(model.layers, i) for i in range(len(model.layers))]
-    containers += [(mtp, "block") for mtp in model.mtp]
-    for parent, key in containers:
-        block = parent[key] if isinstance(key, int) else getattr(parent, key)
+
+    def wrap(block: nn.Module) -> nn.Module:
         if config.activation_checkpointing == "full":
             block = checkpoint_wrapper(block, preserve_rng_state=False)
         elif config.activation_checkpointing == "selective":
@@ -87,8 +86,10 @@ def parallelize(model: Transformer, config: SpeedConfig) -> Transformer:
             )
         if config.compile:
             block.compile(fullgraph=config.compile_fullgraph)
-        if isinstance(key, int):
-            parent[key] = block
-        else:
-            setattr(parent, key, block)
+        return block
+
+    for i, layer in enumerate(model.layers):
+        model.layers[i] = wrap(layer)
+    for mtp in model.mtp:
+        mtp.register_module("block", wrap(mtp.get_submodule("block")))
     return model

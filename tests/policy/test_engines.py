@@ -250,6 +250,48 @@ def test_greedy_vllm_agrees_with_transformers(vllm_engine, hf_deepseek, peaked_s
 
 
 @pytest.mark.slow
+def test_vllm_logprobs_are_raw_logprobs_of_sampled_tokens(
+    vllm_engine, init_dir: Path, init_state, tmp_path: Path
+) -> None:
+    """Sampling at temperature 0.7 / top-p 0.9, vLLM still reports log p of each sampled token
+    under the model's own distribution (raw logits, temperature 1, before top-p): the value a
+    GRPO learner recomputes with our `Transformer`, here one forward pass over prompt +
+    completion of the same weights."""
+    from policy.checkpoint import load_pretrained
+
+    # A head scaled 8x: peaked enough that temperature 0.7 visibly changes the logprobs (checked
+    # below, so the comparison can tell raw from processed), flat enough that top-p leaves
+    # several candidates to sample from.
+    folder = tmp_path / "moderate"
+    shutil.copytree(init_dir, folder)
+    state = _peaked(init_state, "lm_head.weight", 8.0)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    vllm_engine.load_weights(folder)
+    model = load_pretrained(folder, dtype=torch.float32).eval()
+    sampling = SamplingConfig(n=4, temperature=0.7, top_p=0.9, max_tokens=12, seed=11)
+    worst, tempered_gap, tokens = 0.0, 0.0, 0
+    for r in vllm_engine.generate(PROMPTS, sampling):
+        for c in r.completions:
+            with torch.no_grad():
+                logits = model(torch.tensor([r.prompt_token_ids + c.token_ids]))[0].float()
+            start = len(r.prompt_token_ids) - 1  # logits at t predict token t+1
+            steps = logits[start : start + len(c.token_ids)]
+            chosen = torch.tensor(c.token_ids)[:, None]
+            raw = torch.log_softmax(steps, dim=-1).gather(1, chosen).squeeze(1)
+            tempered = torch.log_softmax(steps / sampling.temperature, dim=-1).gather(1, chosen).squeeze(1)
+            got = torch.tensor(c.logprobs)
+            assert torch.allclose(got, raw, atol=1e-3), f"vLLM {got.tolist()}\nforward {raw.tolist()}"
+            worst = max(worst, float((got - raw).abs().max()))
+            tempered_gap = max(tempered_gap, float((tempered - raw).abs().max()))
+            tokens += len(c.token_ids)
+    assert tokens > 0, "no token sampled"
+    assert tempered_gap > 0.05, (
+        f"temperature changes no logprob by more than {tempered_gap:.3g}: the weights cannot tell "
+        f"raw from processed logprobs (largest vLLM-forward difference {worst:.2e})"
+    )
+
+
+@pytest.mark.slow
 def test_vllm_load_weights_changes_and_restores_outputs(
     vllm_engine, hf_deepseek, peaked_state, init_dir: Path, tmp_path: Path
 ) -> None:
