@@ -75,6 +75,12 @@ class HFEngine(GenerationEngine):
         self.dtype = getattr(torch, resolve_dtype(config.dtype, self.device.type == "cuda"))
         self.tokenizer = load_tokenizer(config.tokenizer or self.checkpoint)
         self._model: PreTrainedModel | None = self._load(self.checkpoint)
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is not None and config.max_model_len > context:  # vLLM refuses this too
+            raise ValueError(
+                f"max_model_len={config.max_model_len} exceeds the context of {self.checkpoint} "
+                f"(max_position_embeddings={context})"
+            )
         self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' decorated `to` hides Module.to's signature
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {self.tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])

@@ -159,6 +159,13 @@ def test_hf_context_length_caps_completion(llama_dir: Path) -> None:
             engine.generate([prompt + PROMPTS[0]], GREEDY)
 
 
+def test_hf_context_longer_than_the_model_is_refused(llama_dir: Path) -> None:
+    config = PolicyConfig(checkpoint=str(llama_dir), engine="transformers", max_model_len=512)
+    with pytest.raises(ValueError) as info:
+        make_engine(config)
+    assert "max_model_len=512 exceeds" in str(info.value) and "max_position_embeddings=256" in str(info.value), str(info.value)
+
+
 def test_make_engine_needs_a_checkpoint() -> None:
     with pytest.raises(ValueError, match="checkpoint is not set"):
         make_engine(PolicyConfig(engine="transformers"))
