@@ -7,7 +7,8 @@ eager and with torch.compile (per transformer block for every model), in one run
 of ../shared/MACHINES.md: preset small, batch 8 x 2048 tokens, bf16 weights, AdamW.
 
 MFU = 6 * active params * tokens/s / peak bf16 FLOP/s (attention FLOPs not counted, as in that
-file's baseline numbers; H100 SXM dense bf16 peak 989 TFLOP/s, `--peak-tflops`). `ours` trains
+file's baseline numbers; H100 and H200 SXM dense bf16 peak 989 TFLOP/s, `--peak-tflops`),
+reported to 4 significant digits, so a slow CPU's ~3e-6 is not rounded to 0. `ours` trains
 without MTP for a like-for-like comparison; `ours+mtp` adds the preset's MTP modules (its MFU
 counts their parameters, not the second use of the shared head). Each (model, mode) runs in
 its own try block: a failure is recorded in the JSON and the run goes on.
@@ -20,7 +21,7 @@ every row carries a profiler table of its top device ops and, compiled, its grap
     python -m benchmarks.policy_train --out $OUT/policy_train.json           # GPU, full run
     python -m benchmarks.policy_train --device cpu --preset tiny --batch 2 --seq 128 --steps 3
 
-On the GPU machine (Python 3.12, no pydantic, no torchtitan): `benchmarks/stage-gpu-wheels`
+On the GPU machine (measured on the H100: Python 3.12, no pydantic, no torchtitan): `benchmarks/stage-gpu-wheels`
 stages the wheels to carry and prints the one device call (the CUDA tests, then this script).
 Eager runs go first and the JSON is rewritten after every run, so a run cut short by the time
 limit still leaves its finished rows; `--resume` that JSON in a second call runs only the rest.
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peak-tflops",
         type=float,
         default=989.0,
-        help="peak dense FLOP/s of the device in TFLOP/s for MFU (H100 SXM bf16: 989)",
+        help="peak dense FLOP/s of the device in TFLOP/s for MFU (H100 and H200 SXM bf16: 989)",
     )
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
     p.add_argument(

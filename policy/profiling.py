@@ -1,6 +1,6 @@
 """Timing and profiling helpers for training speed: MLA attention timed under each kernel
 choice (`SpeedConfig.attention_kernel`), the fastest one picked, and a profiler's table of the
-ops where a step's time goes. benchmarks/policy_train.py uses all three; a trainer can call
+ops where a step's time goes. `benchmarks.policy_train` uses all three; a trainer can call
 `time_attention_kernels` + `fastest_attention_kernel` to tune its kernel before it starts.
 """
 
