@@ -256,6 +256,24 @@ def test_greedy_vllm_agrees_with_transformers(vllm_engine, hf_deepseek, peaked_s
         assert worst < 1e-3, f"logprobs differ by {worst:.2e}: {vc.logprobs} vs {hc.logprobs}"
 
 
+@pytest.mark.slow  # importing vLLM alone takes seconds
+def test_vllm_missing_logprob_is_an_error_not_a_shorter_tuple() -> None:
+    pytest.importorskip("vllm")
+    from vllm.logprobs import Logprob
+
+    from policy.engines.vllm_engine import _sampled_token_logprobs
+
+    steps = [{5: Logprob(-0.5), 6: Logprob(-2.0)}, {7: Logprob(-1.25)}]
+    got = _sampled_token_logprobs([5, 7], steps)
+    assert got == (-0.5, -1.25), got
+    with pytest.raises(RuntimeError, match="no logprob for sampled token 9 at position 1"):
+        _sampled_token_logprobs([5, 9], steps)
+    with pytest.raises(RuntimeError, match="returned none logprob positions for 2 sampled tokens"):
+        _sampled_token_logprobs([5, 7], None)
+    with pytest.raises(RuntimeError, match="returned 2 logprob positions for 3 sampled tokens"):
+        _sampled_token_logprobs([5, 7, 8], steps)
+
+
 @pytest.mark.slow
 def test_vllm_logprobs_are_raw_logprobs_of_sampled_tokens(
     vllm_engine, init_dir: Path, init_state, tmp_path: Path
