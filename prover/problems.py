@@ -33,12 +33,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from prover.errors import UserError
+from prover.paths import DATA_DIR_ENV, SUITES_FILE, data_dirs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SUITES_FILE = REPO_ROOT / "data" / "suites.toml"
-# Where suite files are looked for, in order: $PROVER_DATA_DIR (colon-separated), the checkout's
-# data/sets, and ../shared/data beside the checkout (our development machines and CI).
-DATA_DIR_ENV = "PROVER_DATA_DIR"
 HUB_PREFIX = "hf:"
 
 _REQUIRED = ("name", "formal_statement", "header")
@@ -306,11 +302,6 @@ def load_suites(path: Path = SUITES_FILE) -> dict[str, Suite]:
             hub_revision=entry.get("hub_revision"),
         )
     return suites
-
-
-def data_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get(DATA_DIR_ENV, "").split(os.pathsep) if p]
-    return dirs + [REPO_ROOT / "data" / "sets", REPO_ROOT.parent / "shared" / "data"]
 
 
 def sha256_of(path: Path) -> str:
