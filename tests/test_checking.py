@@ -87,7 +87,7 @@ def test_static_results_in_file_order(shared_data: Path, tmp_path: Path) -> None
     rows[1]["code"] = rows[1]["code"].replace(":= by", ":= by\n  sorry\n", 1)
     path = tmp_path / "three.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = check_proofs(load_proofs(path), load_problems("minif2f-valid"), None)
+    results = list(check_proofs(load_proofs(path), load_problems("minif2f-valid"), None))
     assert [(r.entry.name, r.outcome) for r in results] == [
         (rows[0]["name"], "passed_static"), (rows[1]["name"], "rejected:forbidden"), (rows[2]["name"], "passed_static")
     ], [(r.entry.name, r.outcome) for r in results]

@@ -65,8 +65,8 @@ def test_prove_whole_bookkeeping_with_the_standin(tmp_path: Path) -> None:
     other = PROBLEM.model_copy(update={"name": "t2", "id": "t2",
                                        "formal_statement": "theorem t2 (a : ℕ) : a + 0 = a := by\n"})
     with Verifier(VerifierConfig(backend="standin", standin_rules=rules, workers=2)) as verifier:
-        results = prove_whole([PROBLEM, other], engine, verifier, SamplingConfig(n=4, stop=["\n\n\n"]),
-                              template="deepseek-prover-v1.5")
+        results = list(prove_whole([PROBLEM, other], engine, verifier, SamplingConfig(n=4, stop=["\n\n\n"]),
+                                   template="deepseek-prover-v1.5"))
     (prompts, sampling), = engine.calls
     assert len(prompts) == 2 and sampling.stop == ["\n\n\n", "```"], sampling
     assert [r.problem.id for r in results] == ["t1", "t2"]
