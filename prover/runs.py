@@ -65,7 +65,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: str | None = Field(None, description="The command that wrote the run, e.g. 'prove whole'.")
-    argv: list[str] = Field(default_factory=list, description="Its command line, as typed (a record; never read).")
+    argv: list[str] = Field(default_factory=list, description="The process's command line (a record; never read back).")
     problems: str | None = Field(
         None, description="Problem set: a .jsonl/.lean path, a suite name or hf:owner/name. "
         "prove whole: default minif2f-test.")
@@ -144,6 +144,24 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
     old, new = _flatten(stored), _flatten(current)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
             if k not in ignored and old.get(k) != new.get(k)]
+
+
+def with_absolute_paths(config: ProverConfig) -> ProverConfig:
+    """The config with every local path it names made absolute, so that the resolved config
+    re-runs the job from any working directory. Names that are not local paths (suites, hub
+    ids) stay as they are."""
+    def local(value: Any) -> Any:
+        return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+    policy, verifier, job = config.policy, config.verifier, config.run
+    return config.model_copy(update={
+        "policy": policy.model_copy(update={"checkpoint": local(policy.checkpoint),
+                                            "tokenizer": local(policy.tokenizer)}),
+        "verifier": verifier.model_copy(update={
+            "standin_rules": Path(local(verifier.standin_rules)) if verifier.standin_rules else None,
+            "project_dir": Path(local(verifier.project_dir)) if verifier.project_dir else None}),
+        "run": job.model_copy(update={"problems": local(job.problems), "proofs": local(job.proofs)}),
+    })
 
 
 class Progress:
@@ -332,6 +350,7 @@ class RunDir:
         from prover.config import write_resolved_config
 
         if self.path is not None and config is not None:
+            config = with_absolute_paths(config)
             current = config.model_dump(mode="json", exclude_none=True)
             if self.previous_config is not None:
                 differences = config_differences(self.previous_config, current)

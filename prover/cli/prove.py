@@ -119,19 +119,21 @@ def whole(
         with run:
             if run.done_keys:
                 err_console.print(f"resuming {run.path}: {len(selected) - len(todo)} of {len(selected)} problems "
-                                  "already done", highlight=False, markup=False)
-            err_console.print(f"starting {config.policy.engine} on {checkpoint} ...", highlight=False, markup=False)
-            tokenizer = load_tokenizer(config.policy.tokenizer or checkpoint)
-            fits = prompt_fit(lambda text: len(tokenizer(text)["input_ids"]),
-                              context_length(checkpoint, config.policy.max_model_len))
-            with make_engine(config.policy) as policy_engine, verifier:
-                for result in prove_whole(todo, policy_engine, verifier, config.policy.sampling,
-                                          template=config.rollout.prompt_template,
-                                          problems_per_batch=config.run.problems_per_batch,
-                                          prompt_check=fits, on_verified=run.verified):
-                    run.append(result.to_json() | ({"backend": label} if label else {}))
-                    if not as_json:
-                        _print_result(prefix, result)
+                                  "already done", highlight=False, markup=False, soft_wrap=True)
+            if todo:   # a finished run resumed with nothing left starts no engine
+                err_console.print(f"starting {config.policy.engine} on {checkpoint} ...", highlight=False, markup=False,
+                                  soft_wrap=True)
+                tokenizer = load_tokenizer(config.policy.tokenizer or checkpoint)
+                fits = prompt_fit(lambda text: len(tokenizer(text)["input_ids"]),
+                                  context_length(checkpoint, config.policy.max_model_len))
+                with make_engine(config.policy) as policy_engine, verifier:
+                    for result in prove_whole(todo, policy_engine, verifier, config.policy.sampling,
+                                              template=config.rollout.prompt_template,
+                                              problems_per_batch=config.run.problems_per_batch,
+                                              prompt_check=fits, on_verified=run.verified):
+                        run.append(result.to_json() | ({"backend": label} if label else {}))
+                        if not as_json:
+                            _print_result(prefix, result)
     except RunInterrupted as stop:
         err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
