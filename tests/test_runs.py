@@ -132,3 +132,14 @@ def test_progress_lines_when_not_on_a_terminal() -> None:
         ["progress: 2/4 problems", "3 samples verified", "1 proved"],
         ["progress: 3/4 problems", "6 samples verified", "1 proved"]], lines
     assert "ETA" in lines[0], lines
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(3, unit="problems", stream=stream, tty=True)
+    progress.samples(2)
+    progress.item(succeeded=True)
+    progress.item(succeeded=False)
+    progress.close()
+    shown = stream.getvalue()
+    assert "2/3" in shown and "2 samples verified, 1 proved" in shown and "ETA" in shown, shown
