@@ -148,7 +148,8 @@ def test_prove_whole_yields_each_batch_as_it_is_verified(tmp_path: Path) -> None
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"rules": []}))
     engine = ScriptedEngine(["  omega\n```", "  simp\n```"])
-    problems = [PROBLEM.model_copy(update={"name": f"t{i}", "id": f"t{i}"}) for i in range(5)]
+    problems = [PROBLEM.model_copy(update={"name": f"t{i}", "id": f"t{i}", "formal_statement": PROBLEM.formal_statement
+                                           .replace("t1", f"t{i}", 1)}) for i in range(5)]
     verified: list[int] = []
     with Verifier(VerifierConfig(backend="standin", standin_rules=rules, workers=2)) as verifier:
         results = prove_whole(problems, engine, verifier, SamplingConfig(n=2), template="plain",
