@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from lean_env.config import VerifierConfig
 from policy.config import PolicyConfig
 from prover.errors import UserError
+from prover.runs import RunConfig
 
 RESOLVED_CONFIG_NAME = "config.resolved.toml"
 
@@ -104,6 +105,7 @@ class ProverConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> ProverConfig:
@@ -175,10 +177,16 @@ def resolve_config(config_file: Path | None = None, overrides: Mapping[str, Any]
 
 def write_resolved_config(config: ProverConfig, out_dir: Path | None = None) -> Path:
     """Write the resolved config as TOML (None values omitted) into `out_dir` (default: its
-    own output_dir); feeding it back with --config reproduces the run."""
+    own output_dir); feeding it back with --config reproduces the run. Written atomically
+    (a new file renamed over the old), so a crash never leaves half a config."""
     target_dir = out_dir or config.output_dir
     target_dir.mkdir(parents=True, exist_ok=True)
     path = target_dir / RESOLVED_CONFIG_NAME
     data = config.model_dump(mode="json", exclude_none=True)
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    command = f"prover --config {path} {config.run.command} --out NEW_DIR" if config.run.command else None
+    head = ("# What this run did ([run]: the job; the rest: every setting, resolved).\n"
+            + (f"# Re-run it: {command}\n" if command else "") + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(head + tomli_w.dumps(data), encoding="utf-8")
+    tmp.replace(path)
     return path
