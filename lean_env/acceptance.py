@@ -57,6 +57,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lean_env.commands import BRACKET_CLOSE as _CLOSE
+from lean_env.commands import BRACKET_OPEN as _OPEN
 from lean_env.commands import (
     COMMAND_KEYWORDS,
     DECL_KEYWORDS,
@@ -64,6 +66,7 @@ from lean_env.commands import (
     commands,
     matching_close,
     prefix_end,
+    statement_end,
 )
 from lean_env.lexer import Kind, Token, code_tokens, first_error, render, tokenize
 from lean_env.protocol import CommandResponse, ErrorReply
@@ -106,9 +109,6 @@ _FORBIDDEN_IDENTS: dict[str, str] = {
     "builtin_initialize": "runs arbitrary code on the host",
     "deriving": "derives instances, which can change the meaning of the statement's notation",
 }
-# Brackets that nest inside a statement; `:=`, `where` or `| alt =>` end it only at depth 0.
-_OPEN = {"(", "[", "{", "⟨", "⦃", "⟦", "@[", "%[", "$(", "`(", "``("}
-_CLOSE = {")", "]", "}", "⟩", "⦄", "⟧"}
 _THEOREM_KEYWORDS = ("theorem", "lemma")
 _STATEMENT_KEYWORDS = ("theorem", "lemma", "def")
 
@@ -150,40 +150,7 @@ def _problem_statement(name: str, formal_statement: str) -> list[Token]:
     found = _find_decls(toks, name)
     if not found:
         raise ValueError(f"the formal statement does not declare theorem {name!r}")
-    return toks[found[0] + 2:_statement_end(toks, found[0] + 1)]
-
-
-def _statement_end(toks: list[Token], start: int) -> int:
-    """Index just past the statement that starts at `start` (the name token)."""
-    depth = 0
-    for j in range(start, len(toks)):
-        text = toks[j].text
-        if toks[j].kind is Kind.SYMBOL and text in _OPEN:
-            depth += 1
-        elif toks[j].kind is Kind.SYMBOL and text in _CLOSE:
-            depth = max(0, depth - 1)
-        elif depth == 0 and (text == ":="
-                             or (text == "where" and toks[j].kind is Kind.IDENT)
-                             or (text == "|" and _starts_match_alt(toks, j))):
-            return j
-    return len(toks)
-
-
-def _starts_match_alt(toks: list[Token], j: int) -> bool:
-    """`| pat => rhs` at the start of a line (pattern-matching proof), not `|x|` (abs)."""
-    if j > 0 and toks[j - 1].line == toks[j].line:
-        return False
-    depth = 0
-    for tok in toks[j + 1:]:
-        if tok.text in _OPEN:
-            depth += 1
-        elif tok.text in _CLOSE:
-            depth -= 1
-        elif depth == 0 and tok.text == "|":
-            return False
-        elif depth == 0 and tok.text == "=>":
-            return True
-    return False
+    return toks[found[0] + 2:statement_end(toks, found[0] + 1)]
 
 
 def _key(tok: Token) -> tuple[str, object]:
@@ -484,7 +451,7 @@ def statement_text(name: str, formal_statement: str) -> str:
     found = _find_decls(toks, name)
     if not found:
         raise ValueError(f"the formal statement does not declare theorem {name!r}")
-    end = _statement_end(toks, found[0] + 1)
+    end = statement_end(toks, found[0] + 1)
     return formal_statement[toks[found[0]].start:toks[end - 1].end]
 
 
@@ -525,7 +492,7 @@ def file_theorems(code: str) -> list[FileTheorem]:
         elif kw in _THEOREM_KEYWORDS and cmd.decl_name is not None:
             decl = cmd.decl_name
             body = list(cmd.tokens)
-            end = _statement_end(body, cmd.head + 1)
+            end = statement_end(body, cmd.head + 1)
             text = code[body[cmd.head].start:body[end - 1].end]
             prefix = ".".join(n for n in namespaces if n)
             full = f"{prefix}.{decl.name}" if prefix else decl.name
@@ -613,7 +580,7 @@ def precheck(name: str, header: str, formal_statement: str, candidate: str, *,
         return rejected(RejectReason.STATEMENT_MISMATCH,
                         f"`{name}` is declared {max(len(decls), declared)} times (lines {lines}): "
                         "exactly one declaration is allowed")
-    cand_stmt = code[decls[0] + 2:_statement_end(code, decls[0] + 1)]
+    cand_stmt = code[decls[0] + 2:statement_end(code, decls[0] + 1)]
     if [_key(t) for t in statement] != [_key(t) for t in cand_stmt]:
         return rejected(RejectReason.STATEMENT_MISMATCH,
                         "the theorem's statement differs from the problem's:\n"

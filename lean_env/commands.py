@@ -83,6 +83,44 @@ def starts_command(tok: Token) -> bool:
             or tok.kind in (Kind.DOC_COMMENT, Kind.HASH_CMD) or tok.text == "@[")
 
 
+# Brackets that nest inside a statement; `:=`, `where` or `| alt =>` end it only at depth 0.
+BRACKET_OPEN = frozenset({"(", "[", "{", "⟨", "⦃", "⟦", "@[", "%[", "$(", "`(", "``("})
+BRACKET_CLOSE = frozenset({")", "]", "}", "⟩", "⦄", "⟧"})
+
+
+def statement_end(toks: Sequence[Token], start: int) -> int:
+    """Index just past the statement that starts at `start` (the name token)."""
+    depth = 0
+    for j in range(start, len(toks)):
+        text = toks[j].text
+        if toks[j].kind is Kind.SYMBOL and text in BRACKET_OPEN:
+            depth += 1
+        elif toks[j].kind is Kind.SYMBOL and text in BRACKET_CLOSE:
+            depth = max(0, depth - 1)
+        elif depth == 0 and (text == ":="
+                             or (text == "where" and toks[j].kind is Kind.IDENT)
+                             or (text == "|" and _starts_match_alt(toks, j))):
+            return j
+    return len(toks)
+
+
+def _starts_match_alt(toks: Sequence[Token], j: int) -> bool:
+    """`| pat => rhs` at the start of a line (pattern-matching proof), not `|x|` (abs)."""
+    if j > 0 and toks[j - 1].line == toks[j].line:
+        return False
+    depth = 0
+    for tok in toks[j + 1:]:
+        if tok.text in BRACKET_OPEN:
+            depth += 1
+        elif tok.text in BRACKET_CLOSE:
+            depth -= 1
+        elif depth == 0 and tok.text == "|":
+            return False
+        elif depth == 0 and tok.text == "=>":
+            return True
+    return False
+
+
 def split_commands(tokens: list[Token]) -> list[list[Token]]:
     """Group `tokens` (code and doc comments, in order) into top-level commands: a new one
     starts at a command keyword (`starts_command`) that is first on its line and in column 0,
