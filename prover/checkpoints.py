@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,21 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a file, or a non-empty folder unless `force`: nothing of the user is overwritten by accident."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    """Before any work: refuse a file, a non-empty folder unless `force` (nothing of the user is
+    overwritten by accident), and a folder that could not be written at the end."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent   # the nearest folder that exists: where `out` would be created
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"has a file in its path ({existing})"
+        raise UserError(f"--out {out} {where}, not a folder")
+    if existing == out and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} is not empty; pass --force to overwrite or choose another folder")
+    try:   # a real probe: os.access misses read-only filesystems and root's permission bypass
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {out}: not writable ({existing}: {exc.strerror})") from None
 
 
 def init_checkpoint(

@@ -189,7 +189,7 @@ def test_seed_past_64_bits_is_a_user_error(tmp_path: Path, tiny: Path) -> None:
     assert "--seed" in line, line
     config = tmp_path / "run.toml"
     config.write_text(f"[policy.sampling]\nseed = {2**63}\n")
-    line = _one_error_line(_run("--config", config, "data", "suites"))
+    line = _one_error_line(_run("--config", config, "config", "show"))
     assert "policy.sampling.seed" in line, line
 
 
@@ -220,7 +220,7 @@ def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path
     started = time.perf_counter()
     line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tiny,
                                 "--standin", RULES, "--out", blocker / "run"))
-    assert "--out" in line and "a_file" in line and time.perf_counter() - started < 5, line
+    assert "a_file" in line and "not writable" in line and time.perf_counter() - started < 5, line
     line = _one_error_line(_run("model", "init", "--preset", "tiny", "--out", blocker))
     assert "is a file" in line, line
     if os.geteuid() == 0:

@@ -184,11 +184,12 @@ def _global(
         raise UserError(f"--log-level: {exc}") from None
     configure_logging(level)
     if config is not None:
-        from prover.config import resolve_config
+        from prover.config import read_config_file
 
         if not config.is_file():
             raise UserError(f"--config {config}: no such file")
-        resolve_config(config)   # a bad file fails here, before any command starts work
+        read_config_file(config)   # unreadable, not UTF-8, not TOML: fails here, before any command
+        # Its values are checked with the command's flags (resolve_config), which may complete them.
     ctx.obj = {"config_file": config}
 
 

@@ -25,7 +25,6 @@ from prover.cli.common import (
     UserError,
     console,
     print_json,
-    require_writable_dir,
 )
 
 app = typer.Typer(
@@ -86,7 +85,6 @@ def init(
 ) -> None:
     """Write a fresh, randomly initialised checkpoint (config, safetensors, tokenizer) that
     transformers and vLLM load."""
-    require_writable_dir(out)
     info = init_checkpoint(preset_name, out, tokenizer_path=tokenizer, seed=seed, dtype=dtype, force=force)
     if as_json:
         print_json(info)
@@ -123,7 +121,6 @@ def train_tokenizer_command(
     from policy.tokenizer import TokenizerError, read_corpus, train_tokenizer
 
     check_out_dir(out, force)
-    require_writable_dir(out)
     try:
         texts = list(read_corpus(corpus))
         if not texts:
