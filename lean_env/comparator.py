@@ -63,6 +63,7 @@ CHALLENGE_MODULE = "Challenge"
 SOLUTION_MODULE = "Solution"
 CONFIG_FILE = "comparator.json"
 REPORT_FILE = "comparator-report.json"
+STDOUT_FILE, STDERR_FILE = "comparator.stdout.log", "comparator.stderr.log"
 RUNS_DIR = Path(".lake") / "comparator-runs"     # inside the Lake project the runs share
 # Comparator's documented markers (Main.lean: `compareIt`, `safeLakeBuild`; Lean's `main`).
 SUCCESS_LINE = "Your solution is okay!"
@@ -300,29 +301,35 @@ class Comparator:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     async def _run(self, argv: list[str], run_dir: Path) -> tuple[int, str, str, float]:
+        """Run Comparator in `run_dir`, in its own process group, under the wall-clock limit.
+
+        Its output goes to files, not pipes: a process that left the group (or outlived it)
+        holding a pipe would keep asyncio waiting past the limit; a file holds nobody up.
+        """
         limit_s = self.config.comparator_timeout_s
+        out_path, err_path = run_dir / STDOUT_FILE, run_dir / STDERR_FILE
         t0 = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=run_dir, env={**os.environ, **self.env},
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                preexec_fn=functools.partial(_limit_address_space, self.config.memory_limit_mb << 20))
-        except OSError as exc:
-            raise ComparatorMissingError(f"cannot start the final judge `{' '.join(argv)}`: {exc}") from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=limit_s)
-        except TimeoutError:
-            raise ComparatorTimeoutError(f"comparator ran past {limit_s:g} s; its process group was killed",
-                                         limit_s=limit_s) from None
-        finally:
-            # Always, also after a clean exit: whatever it left behind in its group goes too.
-            _kill_group(proc.pid)
-            if proc.returncode is None:
-                await proc.wait()
-        assert proc.returncode is not None
-        return (proc.returncode, out.decode("utf-8", errors="replace"),
-                err.decode("utf-8", errors="replace"), time.monotonic() - t0)
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, cwd=run_dir, env={**os.environ, **self.env},
+                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                    preexec_fn=functools.partial(_limit_address_space, self.config.memory_limit_mb << 20))
+            except OSError as exc:
+                raise ComparatorMissingError(f"cannot start the final judge `{' '.join(argv)}`: {exc}") from None
+            try:
+                returncode = await asyncio.wait_for(proc.wait(), timeout=limit_s)
+            except TimeoutError:
+                raise ComparatorTimeoutError(f"comparator ran past {limit_s:g} s; its process group "
+                                             "was killed", limit_s=limit_s) from None
+            finally:
+                # Always, also after a clean exit: whatever it left behind in its group goes too.
+                _kill_group(proc.pid)
+                if proc.returncode is None:
+                    await proc.wait()
+        time_s = time.monotonic() - t0
+        return (returncode, out_path.read_text(encoding="utf-8", errors="replace"),
+                err_path.read_text(encoding="utf-8", errors="replace"), time_s)
 
 
 def _resolvable(program: str) -> bool:
