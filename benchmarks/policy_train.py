@@ -7,20 +7,21 @@ eager and with torch.compile (per transformer block for every model), in one run
 of ../shared/MACHINES.md: preset small, batch 8 x 2048 tokens, bf16 weights, AdamW.
 
 MFU = 6 * active params * tokens/s / peak bf16 FLOP/s (attention FLOPs not counted, as in that
-file's baseline numbers; H100 SXM dense bf16 peak 989 TFLOP/s, `--peak-tflops`). `ours` trains
+file's baseline numbers; H100 and H200 SXM dense bf16 peak 989 TFLOP/s, `--peak-tflops`),
+reported to 4 significant digits, so a slow CPU's ~3e-6 is not rounded to 0. `ours` trains
 without MTP for a like-for-like comparison; `ours+mtp` adds the preset's MTP modules (its MFU
 counts their parameters, not the second use of the shared head). Each (model, mode) runs in
 its own try block: a failure is recorded in the JSON and the run goes on.
 
 On CUDA the run first times MLA attention alone under each kernel choice (the `attention`
 table: torch's dispatch, padded-V FlashAttention, cuDNN) and trains `ours` with the fastest
-(`--attention-kernel tuned`, what a trainer does with `policy.parallelize.time_attention_kernels`);
+(`--attention-kernel tuned`, what a trainer does with `policy.profiling.time_attention_kernels`);
 every row carries a profiler table of its top device ops and, compiled, its graph-break count.
 
-    python benchmarks/policy_train.py --out $OUT/policy_train.json           # GPU, full run
-    python benchmarks/policy_train.py --device cpu --preset tiny --batch 2 --seq 128 --steps 3
+    python -m benchmarks.policy_train --out $OUT/policy_train.json           # GPU, full run
+    python -m benchmarks.policy_train --device cpu --preset tiny --batch 2 --seq 128 --steps 3
 
-On the GPU machine (Python 3.12, no pydantic, no torchtitan): `benchmarks/stage-gpu-wheels`
+On the GPU machine (measured on the H100: Python 3.12, no pydantic, no torchtitan): `benchmarks/stage-gpu-wheels`
 stages the wheels to carry and prints the one device call (the CUDA tests, then this script).
 Eager runs go first and the JSON is rewritten after every run, so a run cut short by the time
 limit still leaves its finished rows; `--resume` that JSON in a second call runs only the rest.
@@ -32,9 +33,7 @@ import argparse
 import dataclasses
 import gc
 import json
-import platform
 import resource
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -43,19 +42,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from policy.balancing import register_bias_update_hook  # noqa: E402
-from policy.checkpoint import hf_config  # noqa: E402
-from policy.model import ATTENTION_KERNELS, ModelArgs, Transformer, count_parameters  # noqa: E402
-from policy.parallelize import (  # noqa: E402
-    SpeedConfig,
-    fastest_attention_kernel,
-    parallelize,
-    time_attention_kernels,
-    top_ops,
-)
-from policy.presets import PRESETS  # noqa: E402
+from benchmarks.common import machine_info, write_json
+from policy.balancing import register_bias_update_hook
+from policy.checkpoint import hf_config
+from policy.model import ATTENTION_KERNELS, ModelArgs, Transformer, count_parameters
+from policy.parallelize import SpeedConfig, parallelize
+from policy.presets import PRESETS
+from policy.profiling import fastest_attention_kernel, significant, time_attention_kernels, top_ops
 
 # The strongest peer first, our MTP variant last: a run cut short keeps the key ratio.
 MODELS = ("ours", "torchtitan", "transformers", "ours+mtp")
@@ -78,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peak-tflops",
         type=float,
         default=989.0,
-        help="peak dense FLOP/s of the device in TFLOP/s for MFU (H100 SXM bf16: 989)",
+        help="peak dense FLOP/s of the device in TFLOP/s for MFU (H100 and H200 SXM bf16: 989)",
     )
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
     p.add_argument(
@@ -267,6 +260,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def mfu(active_params: int, tokens_per_s: float, peak_tflops: float) -> float:
+    """Model FLOPs utilisation, 6 * active params * tokens/s over the device's peak, to 4
+    significant digits: a slow CPU's 3e-6 is reported, not rounded to 0."""
+    return significant(6 * active_params * tokens_per_s / (peak_tflops * 1e12))
+
+
 def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) -> dict[str, Any]:
     compile_ = mode == "compile"
     row: dict[str, Any] = {"model": name, "mode": mode}
@@ -316,9 +315,9 @@ def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) ->
     tokens_per_s = opts.batch * opts.seq * opts.steps / elapsed
     row.update(
         {
-            "step_s": round(elapsed / opts.steps, 5),
-            "tokens_per_s": round(tokens_per_s, 1),
-            "mfu": round(6 * active * tokens_per_s / (opts.peak_tflops * 1e12), 5),
+            "step_s": significant(elapsed / opts.steps, 6),
+            "tokens_per_s": significant(tokens_per_s, 6),
+            "mfu": mfu(active, tokens_per_s, opts.peak_tflops),
             "loss_first": round(float(losses[0]), 4),
             "loss_last": round(float(losses[-1]), 4),
         }
@@ -338,22 +337,11 @@ def run_one(name: str, mode: str, margs: ModelArgs, opts: argparse.Namespace) ->
     return row
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
     margs = PRESETS[opts.preset]
     if opts.seq > margs.max_seq_len:
         margs = dataclasses.replace(margs, max_seq_len=opts.seq)
-    import transformers
-
     report: dict[str, Any] = {
         "benchmark": "policy_train",
         "config": {
@@ -370,15 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "model_args": margs.to_dict(),
         },
         "params": count_parameters(margs),
-        "environment": {
-            "device": torch.cuda.get_device_name()
-            if opts.device == "cuda"
-            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "torchtitan": _version("torchtitan"),
-            "python": platform.python_version(),
-        },
+        "environment": machine_info(opts.device),
         "results": [],
     }
     done: dict[tuple[str, str], dict[str, Any]] = {}
@@ -469,7 +449,7 @@ def print_table(report: dict[str, Any]) -> None:
         memory = row.get("peak_memory_gb", row.get("peak_rss_gb_process", float("nan")))
         print(
             f"{row['model']:<14} {row['mode']:<8} {row['tokens_per_s']:>10,.0f} "
-            f"{row['mfu']:>7.1%} {row['step_s']:>8.4f} {memory:>10.2f}"
+            f"{100 * row['mfu']:>6.3g}% {row['step_s']:>8.4g} {memory:>10.2f}"
         )
     for name, ratio in report.get("speedup", {}).items():
         print(f"  {name}: {ratio:.2f}x")
@@ -486,8 +466,7 @@ def write_report(report: dict[str, Any], opts: argparse.Namespace) -> None:
         for mode in opts.modes
         if ("ours", mode) in ok and (peer, mode) in ok
     }
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, opts.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ header-import time, so everything above those is ours:
 The stand-in's header import (default 0.5 s) is far cheaper than a Mathlib import (seconds
 and ~6.5 GB), so the measured ratio understates what the warm pool saves with real Lean.
 
-    python benchmarks/verifier.py [--out runs/bench/verifier.json] [--requests 200]
+    python -m benchmarks.verifier [--out runs/bench/verifier.json] [--requests 200]
 """
 
 from __future__ import annotations
@@ -26,20 +26,18 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import machine_info, write_json
 from lean_env import acceptance, standin
 from lean_env.config import VerifierConfig
 from lean_env.protocol import ErrorReply
 from lean_env.repl import ReplProcess
 from lean_env.verdict import Verdict
 from lean_env.verifier import Verifier, VerifyRequest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 HEADER = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
           "open BigOperators Real Nat Topology Rat\n\n")
@@ -114,9 +112,10 @@ def _fresh_process_check(argv: list[str], config: VerifierConfig, r: VerifyReque
         env = repl.command(r.header, timeout_s=config.header_timeout_s)
         assert not isinstance(env, ErrorReply) and env.env is not None, env
         t0 = time.perf_counter()
-        reply = repl.command(acceptance.lean_command(r.name, r.header, r.candidate), env=env.env,
-                             timeout_s=config.timeout_s)
-        return acceptance.judge(r.name, reply, allowed_axioms=config.allowed_axioms,
+        command = acceptance.lean_command(r.name, r.header, r.candidate, r.formal_statement)
+        reply = repl.command(command.text, env=env.env, timeout_s=config.timeout_s)
+        return acceptance.judge(r.name, reply, command=command,
+                                allowed_axioms=config.allowed_axioms,
                                 checked_by=standin.CHECKED_BY, time_s=time.perf_counter() - t0)
 
 
@@ -153,7 +152,7 @@ def _recycle_cost(config: VerifierConfig, argv: list[str], header_import_s: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "verifier.json",
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/verifier.json"),
                         help="JSON results file (default: runs/bench/verifier.json).")
     parser.add_argument("--requests", type=int, default=200, help="Requests per pool run.")
     parser.add_argument("--baseline-requests", type=int, default=16,
@@ -182,13 +181,11 @@ def main() -> None:
     result = {
         "benchmark": "verifier",
         "backend": standin.CHECKED_BY,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine_info("cpu", torch_stack=False),
         "lean_ms": args.lean_ms, "header_import_s": args.header_import_s,
         "pool": pooled, "fresh_process_baseline": fresh, "recycle": recycle,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(result, args.out)
 
     print(f"stand-in REPL: {args.lean_ms:g} ms simulated Lean per candidate, "
           f"{args.header_import_s:g} s header import; {os.cpu_count()} CPUs")

@@ -1,31 +1,52 @@
-"""A Lean 4 lexer for the static acceptance checks: it tells code from comments and strings.
+r"""A Lean 4 lexer for the static acceptance checks, ported from Lean's own token rules.
 
-It follows the token rules of Lean 4's own parser (`Lean.Parser.Basic`: `whitespace`,
-`identFn`, `strLitFn`, `charLitFn`, `numberFnAux`, `nameLitAux`) closely enough that the
-checks in `lean_env.acceptance` look only at code:
+Lean has no separate lexer: its parser reads tokens with `tokenFn` (src/Lean/Parser/Basic.lean
+at tag v4.19.0; the functions named below are from that file unless said otherwise). This
+module follows those functions, so that the checks in `lean_env.acceptance` see the same code
+Lean sees, and it marks every place where it cannot be sure (`Token.error`): the acceptance
+rules reject such a candidate instead of guessing.
 
-* comments: `--` to end of line; `/- ... -/` block comments, nested to any depth, including
-  doc comments `/-- -/` and module docs `/-! -/`;
-* string literals with escapes (`"a\\"b"`), raw strings (`r"..."`, `r#"..."#`), and
-  interpolated strings (`s!"x = {x}"`, `m!`, `f!`): the text is a string, but the code inside
-  `{ }` is lexed as code (a cheat hidden there is still seen);
-* char literals (`'a'`, `'\\n'`, `'\\x41'`, `'\\u{3B1}'`), told apart from the `'` that ends
-  identifiers such as `h'` or `induction'`;
-* identifiers: dotted names (`Lean.ofReduceBool`), `«guillemet»` parts, subscripts (`h₀`),
-  Greek and letter-like symbols (`ℕ`); `ident.parts` are the components without guillemets,
-  so `sorry_free` is one identifier and never `sorry`;
-* name literals `` `foo `` and ```` ``foo ````, numbers, `#commands` (`#eval`, `#exit`), and
-  symbols by longest match over Lean's common multi-character tokens.
+* `whitespace`: spaces and newlines; `--` to end of line; `/-` block comments, nested
+  (`finishCommentBlock`). A tab, a carriage return or any other character (U+00A0, ...) where
+  whitespace is expected is an error token: Lean rejects tabs and isolated CRs, and treats no
+  other character as whitespace.
+* `/--` and `/-!` are tokens, not whitespace: a doc comment (`docComment`, `moduleDoc`) whose
+  body runs to the matching `-/`, nested the same way (`commentBody`).
+* `tokenFnAux` decides by the first character, in this order: `"` string (`strLitFnAux`), `'`
+  not followed by `'` char literal (`charLitFnAux`), digit number (`numberFnAux`), `` ` ``
+  followed by an identifier name literal (`nameLitAux`), `r` followed by `#*"` raw string
+  (`rawStrLitFnAux`), else the longest of an identifier (`identFnAux`) and a symbol token.
+* identifiers: `isIdFirst`/`isIdRest` (Init/Meta.lean): ASCII letters, `_`, letter-like
+  ranges (`isLetterLike`), subscripts (`isSubScriptAlnum`), and `'`, `!`, `?` after the first
+  character; `«...»` escapes; `.` continues a name only before an identifier start (`isIdCont`).
+  `Char.isAlpha` is ASCII in Lean: `é` is not a letter there (Python says it is). Later Lean
+  versions add Latin-1 letters and `ⱼ`; those characters are version-dependent and reported
+  as errors.
+* numbers (`numberFnAux`, `decimalNumberFn`, `takeDigitsFn`): `0b`/`0o`/`0x` need at least one
+  digit of their base; `_` separates digits (`1_000`) and must be followed by a digit; a
+  decimal may take `.digits` or a bare `.`, then `e[+-]digits` (a scientific literal). The
+  number ends at the first character its base does not accept: `0b12` is `0b1` then `2`.
+* escapes (`quotedCharCoreFn`): `\\ \" \' \r \n \t`, `\xHH`, `\uHHHH` (exactly four hex
+  digits), and in strings a gap (backslash, newline, indentation). Anything else is an error.
+* `#eval`: Lean matches the longest token of its token table at a `#`, so `#evalfoo` is `#eval`
+  followed by `foo`. The table is not known here (Mathlib adds `#` commands), so a `#`-word
+  glued to a letter is an error token; a `#`-word followed by a non-identifier character is
+  read as that command.
+* strings: whether a string is interpolated depends on the grammar around it (`s!`, `m!`,
+  `f!`, but also `throwError "{x}"`, `dbg_trace`, `trace[...]`), not on the lexer. A string
+  holding `{` is therefore lexed both ways: the string token, then the code between its
+  braces as tokens marked `in_string`, so a check sees that code whichever way Lean reads it.
+* syntax quotations (`` `( ``, `` `(tactic| ``) are symbols here; the acceptance rules reject
+  them, since their contents are code for macros.
 
-The lexer is total: any input yields tokens; an unterminated comment or string is reported
-through `Token.unterminated` instead of an exception, so a caller can reject it.
+The lexer is total: any input yields tokens, and trouble is reported through `Token.error`.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -33,17 +54,22 @@ from typing import NamedTuple
 class Kind(StrEnum):
     IDENT = "ident"
     NUMBER = "number"
-    STRING = "string"          # whole literal (for interpolated strings: one piece between codes)
+    STRING = "string"          # a whole string literal
     CHAR = "char"
-    NAME_LIT = "name_lit"      # `foo / ``foo
+    NAME_LIT = "name_lit"      # `foo
     HASH_CMD = "hash_cmd"      # #eval, #exit, #print, ...
     SYMBOL = "symbol"
-    COMMENT = "comment"        # line, block and doc comments
+    COMMENT = "comment"        # `--` and `/- -/`: whitespace to Lean
+    DOC_COMMENT = "doc_comment"  # `/-- -/` and `/-! -/`: tokens to Lean
+    ERROR = "error"            # something Lean would reject, or that this lexer cannot decide
 
 
 class Token(NamedTuple):
     """One lexeme. `start`/`end` are character offsets into the source; `line` is 1-based and
-    `column` 0-based (the REPL's convention). `parts` holds an identifier's components.
+    `column` 0-based (the REPL's convention). `parts` holds an identifier's components (the
+    text inside guillemets, unescaped), so `«Nat.Prime»` is one part and `Nat.Prime` two.
+    `error` says why Lean would not accept this token as lexed, or why we cannot tell.
+    `in_string`: lexed from between the braces of a string that may be interpolated.
     (A NamedTuple: lexing creates one per token, and this is the cheapest immutable value.)"""
 
     kind: Kind
@@ -53,64 +79,95 @@ class Token(NamedTuple):
     line: int
     column: int
     parts: tuple[str, ...] = ()
-    unterminated: bool = False
+    error: str = ""
+    in_string: bool = False
 
     @property
     def name(self) -> str:
-        """Identifier without guillemets (`Lean.«ofReduceBool»` -> `Lean.ofReduceBool`)."""
+        """Identifier without guillemets (`Lean.«ofReduceBool»` -> `Lean.ofReduceBool`).
+        Compare `parts`, not `name`, where `«A.B»` and `A.B` must differ."""
         return ".".join(self.parts) if self.parts else self.text
 
+    @property
+    def unterminated(self) -> bool:
+        return self.error.startswith("unterminated")
 
-# Multi-character tokens of Lean 4 core and Mathlib that are spelled with symbol characters,
-# longest first at lexing time. Anything else is lexed one character at a time, so a missing
-# entry only splits a token, never merges two.
+
+# Multi-character tokens of Lean 4 core and Mathlib spelled with symbol characters, matched
+# longest first. A missing entry only splits a symbol in two, never merges two tokens, and no
+# check depends on a symbol other than those listed.
 _MULTI_SYMBOLS_ALL = sorted(
     {
         ":=", "::", "=>", "->", "<-", "<->", "<;>", "<|>", "<|", "|>.", "|>", "<=", ">=", "!=",
-        "==", "&&", "||", "++", "^^", "..", "...", "@[", "%[", "⁻¹", "×ˢ", "∘", "≠", "<<<",
+        "==", "&&", "||", "++", "^^", "..", "...", "@[", "%[", "⁻¹", "×ˢ", "≠", "<<<",
         ">>>", ">>=", "=<<", ">>", "<*>", "<$>", "//", "/\\", "\\/", "?_", "·.", "∑'", "∏'",
-        "%>", "<%", "=?", "$(", "`(",
+        "%>", "<%", "=?", "$(", "`(", "``(", "``", "''", "⁻¹'",
     },
     key=len,
     reverse=True,
 )
-# By first character, longest first: one dict lookup per symbol instead of a scan of all.
 _MULTI_SYMBOLS: dict[str, list[str]] = {}
 for _sym in _MULTI_SYMBOLS_ALL:
     _MULTI_SYMBOLS.setdefault(_sym[0], []).append(_sym)
-_WHITESPACE = re.compile(r"\s+")
-_ASCII_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_'!?]*")   # the common case of `identFn`, fast
+# `#` tokens of Lean core (Lean.Parser.Command); Mathlib adds more, all rejected anyway.
+_HASH_COMMANDS = ("#eval", "#exit", "#print", "#check", "#check_failure", "#reduce", "#synth",
+                  "#guard_msgs", "#guard", "#help", "#version", "#where", "#find", "#lint")
+_ASCII_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_'!?]*")   # the common case of `identFnAux`, fast
+_SPACES = re.compile(r"[ \n]+")                        # Lean's whitespace, minus the errors
 
-_SUBSCRIPTS = set("₀₁₂₃₄₅₆₇₈₉ₐₑₒₓₔₕₖₗₘₙₚₛₜᵢᵣᵤᵥᵦᵧᵨᵩᵪⱼ")
 
-
-def _is_letter_like(c: str) -> bool:
-    """Lean's `isLetterLike`: Greek (minus λ Π Σ), Coptic, letter-like symbols, script letters."""
+def is_letter_like(c: str) -> bool:
+    """`Lean.isLetterLike` (Init/Meta.lean, v4.19.0)."""
     o = ord(c)
     return (
-        (0x3B1 <= o <= 0x3C9 and o != 0x3BB)            # α-ω except λ
-        or (0x391 <= o <= 0x3A9 and o not in (0x3A0, 0x3A3))  # Α-Ω except Π Σ
-        or 0x3CA <= o <= 0x3FB                          # Coptic
-        or 0x1F00 <= o <= 0x1FFE                        # polytonic Greek
-        or 0x2100 <= o <= 0x214F                        # letter-like block (ℕ ℤ ℝ ℂ ...)
-        or 0x1D49C <= o <= 0x1D59F                      # script, double-struck, fraktur letters
+        (0x3B1 <= o <= 0x3C9 and o != 0x3BB)                     # α-ω except λ
+        or (0x391 <= o <= 0x3A9 and o not in (0x3A0, 0x3A3))    # Α-Ω except Π Σ
+        or 0x3CA <= o <= 0x3FB                                  # Coptic
+        or 0x1F00 <= o <= 0x1FFE                                # polytonic Greek
+        or 0x2100 <= o <= 0x214F                                # letter-like block (ℕ ℤ ℝ ℂ ...)
+        or 0x1D49C <= o <= 0x1D59F                              # script, double-struck, fraktur
     )
 
 
+def is_subscript_alnum(c: str) -> bool:
+    """`Lean.isSubScriptAlnum`: ₀-₉, ₐ-ₜ, ᵢ-ᵪ."""
+    o = ord(c)
+    return 0x2080 <= o <= 0x2089 or 0x2090 <= o <= 0x209C or 0x1D62 <= o <= 0x1D6A
+
+
+def is_version_dependent_id_char(c: str) -> bool:
+    """Characters that later Lean versions accept in identifiers and v4.19.0 does not (or the
+    other way round, depending on the toolchain): Latin-1 and Latin Extended-A letters, `ⱼ`."""
+    o = ord(c)
+    return (0xC0 <= o <= 0x17F and o not in (0xD7, 0xF7)) or o == 0x2C7C
+
+
+def _is_ascii_alpha(c: str) -> bool:
+    return ("a" <= c <= "z") or ("A" <= c <= "Z")
+
+
 def is_id_first(c: str) -> bool:
-    return c.isalpha() or c == "_" or _is_letter_like(c)
+    """`Lean.isIdFirst`: `Char.isAlpha` (ASCII only), `_`, or letter-like."""
+    return _is_ascii_alpha(c) or c == "_" or is_letter_like(c)
 
 
 def is_id_rest(c: str) -> bool:
-    return is_id_first(c) or c.isdigit() or c in "'!?" or c in _SUBSCRIPTS
+    """`Lean.isIdRest`: `Char.isAlphanum` (ASCII only), `_ ' ! ?`, letter-like, subscripts."""
+    return (is_id_first(c) or ("0" <= c <= "9") or c in "'!?" or is_subscript_alnum(c))
+
+
+def _is_digit(c: str) -> bool:
+    return "0" <= c <= "9"     # `Char.isDigit` is ASCII; Python's isdigit() takes '²'
+
+
+_HEX = set("0123456789abcdefABCDEF")
+_QUOTABLE = set("\\\"'rnt")
 
 
 class _Lexer:
     def __init__(self, source: str) -> None:
         self.src = source
         self.n = len(source)
-        self.resume = 0  # where the last `run`/`interpolated` stopped (an offset)
-        # Offsets of line starts, to turn offsets into (line, column).
         self.line_starts = [0] + [i + 1 for i, ch in enumerate(source) if ch == "\n"]
 
     def position(self, offset: int) -> tuple[int, int]:
@@ -118,179 +175,226 @@ class _Lexer:
         return line, offset - self.line_starts[line - 1]
 
     def token(self, kind: Kind, start: int, end: int, *, parts: tuple[str, ...] = (),
-              unterminated: bool = False) -> Token:
+              error: str = "", in_string: bool = False) -> Token:
         line, column = self.position(start)
-        return Token(kind, self.src[start:end], start, end, line, column, parts, unterminated)
+        return Token(kind, self.src[start:end], start, end, line, column, parts, error, in_string)
 
-    # -- scanning helpers; each returns the offset just past what it consumed --------------
+    def at(self, i: int) -> str:
+        return self.src[i] if i < self.n else ""
 
-    def block_comment_end(self, i: int) -> tuple[int, bool]:
-        """`i` points at `/-`. Nested comments; returns (end, terminated)."""
-        depth = 0
-        while i < self.n:
-            if self.src.startswith("/-", i):
-                depth += 1
-                i += 2
-            elif self.src.startswith("-/", i):
+    # -- comments ------------------------------------------------------------------------
+
+    def comment_body_end(self, i: int) -> int | None:
+        """`finishCommentBlock` with nesting 1, from just after the opener; None if the input
+        ends first."""
+        src, n, depth = self.src, self.n, 1
+        while i < n:
+            c = src[i]
+            if c == "-" and i + 1 < n and src[i + 1] == "/":
                 depth -= 1
                 i += 2
                 if depth == 0:
-                    return i, True
+                    return i
+            elif c == "/" and i + 1 < n and src[i + 1] == "-":
+                depth += 1
+                i += 2
             else:
                 i += 1
-        return self.n, False
+        return None
 
-    def escape_end(self, i: int) -> int:
-        """`i` points just after a backslash inside a string or char literal."""
-        if i >= self.n:
-            return i
-        c = self.src[i]
+    # -- literals ------------------------------------------------------------------------
+
+    def escape_end(self, i: int, *, in_string: bool) -> tuple[int, str]:
+        """`quotedCharCoreFn`: `i` points just after a backslash. (end, error)."""
+        c = self.at(i)
+        if c in _QUOTABLE and c:
+            return i + 1, ""
         if c == "x":
-            return min(i + 3, self.n)
-        if c == "u" and self.src.startswith("{", i + 1):
-            close = self.src.find("}", i)
-            return self.n if close < 0 else close + 1
+            ok = all(self.at(i + k) in _HEX and self.at(i + k) for k in (1, 2))
+            return (i + 3, "") if ok else (i + 1, "invalid \\x escape (needs two hex digits)")
         if c == "u":
-            return min(i + 5, self.n)
-        if c == "\n":  # line continuation: backslash-newline and the next line's indentation
-            i += 1
-            while i < self.n and self.src[i] in " \t":
-                i += 1
-            return i
-        return i + 1
+            ok = all(self.at(i + k) in _HEX and self.at(i + k) for k in (1, 2, 3, 4))
+            return (i + 5, "") if ok else (i + 1, "invalid \\u escape (needs four hex digits)")
+        if in_string and c == "\n":
+            # `stringGapFn`: exactly one newline, then indentation.
+            j = i + 1
+            while j < self.n and self.src[j] in " \t\r":
+                j += 1
+            if self.at(j) == "\n":
+                return j, "a string gap with more than one newline"
+            return j, ""
+        return i + 1, "invalid escape sequence"
 
-    def string_end(self, i: int) -> tuple[int, bool]:
-        """`i` points at the opening quote of a plain string."""
+    def string_end(self, i: int) -> tuple[int, str]:
+        """`strLitFnAux`: `i` points at the opening quote. (end, error)."""
         i += 1
+        error = ""
         while i < self.n:
             c = self.src[i]
             if c == "\\":
-                i = self.escape_end(i + 1)
+                i, err = self.escape_end(i + 1, in_string=True)
+                error = error or err
             elif c == '"':
-                return i + 1, True
+                return i + 1, error
             else:
                 i += 1
-        return self.n, False
+        return self.n, "unterminated string literal"
 
-    def raw_string_end(self, i: int) -> tuple[int, bool] | None:
-        """`i` points at `r`; None when this is not a raw string (`r#"..."#`)."""
+    def raw_string_end(self, i: int) -> tuple[int, str] | None:
+        """`isRawStrLitStart` + `rawStrLitFnAux`: `i` points at `r`; None if not a raw string."""
         j = i + 1
         while j < self.n and self.src[j] == "#":
             j += 1
-        if j >= self.n or self.src[j] != '"':
+        if self.at(j) != '"':
             return None
         closing = '"' + "#" * (j - i - 1)
         k = self.src.find(closing, j + 1)
-        return (self.n, False) if k < 0 else (k + len(closing), True)
+        return (self.n, "unterminated raw string literal") if k < 0 else (k + len(closing), "")
 
-    def char_end(self, i: int) -> int | None:
-        """`i` points at `'`; the end of a char literal there, or None if it is not one."""
+    def char_end(self, i: int) -> tuple[int, str]:
+        """`charLitFnAux`: `i` points at `'` (not followed by `'`). (end, error)."""
         j = i + 1
-        if j >= self.n or self.src[j] == "\n":
-            return None
+        if j >= self.n:
+            return self.n, "unterminated character literal"
+        error = ""
         if self.src[j] == "\\":
-            j = self.escape_end(j + 1)
+            j, error = self.escape_end(j + 1, in_string=False)
         else:
             j += 1
-        return j + 1 if j < self.n and self.src[j] == "'" else None
+        if self.at(j) == "'":
+            return j + 1, error
+        return j, "missing end of character literal"
 
-    def ident_end(self, i: int) -> tuple[int, tuple[str, ...]] | None:
-        """Dotted identifier starting at `i` (an id-first char or `«`)."""
-        parts: list[str] = []
-        while True:
-            if i < self.n and self.src[i] == "«":
-                close = self.src.find("»", i + 1)
-                if close < 0:
-                    return None if not parts else (i, tuple(parts))
-                parts.append(self.src[i + 1:close])
-                i = close + 1
-            elif i < self.n and is_id_first(self.src[i]):
-                ascii_run = _ASCII_ID.match(self.src, i)
-                j = ascii_run.end() if ascii_run else i + 1
-                while j < self.n and is_id_rest(self.src[j]):
-                    j += 1
-                parts.append(self.src[i:j])
-                i = j
+    def number_end(self, i: int) -> tuple[int, str]:
+        """`numberFnAux`. (end, error)."""
+        src = self.src
+        if src[i] == "0" and self.at(i + 1) in ("b", "B", "o", "O", "x", "X") and self.at(i + 1):
+            base = self.at(i + 1).lower()
+            digit = {"b": lambda c: c in "01", "o": lambda c: "0" <= c <= "7",
+                     "x": lambda c: c in _HEX}[base]
+            return self.digits_end(i + 2, digit, need_digit=True)
+        j, error = self.digits_end(i + 1, _is_digit, need_digit=False)
+        if error or self.at(j) not in (".", "e", "E") or not self.at(j):
+            return j, error
+        if self.at(j) == ".":                      # `parseOptDot`: `2.` is a literal too
+            j += 1
+            if _is_digit(self.at(j)):
+                j, error = self.digits_end(j, _is_digit, need_digit=False)
+        if self.at(j) in ("e", "E") and self.at(j):   # `parseOptExp`
+            k = j + 1
+            if self.at(k) in ("+", "-") and self.at(k):
+                k += 1
+            if not _is_digit(self.at(k)):
+                return k, "missing exponent digits in scientific literal"
+            j, error = self.digits_end(k, _is_digit, need_digit=False)
+        return j, error
+
+    def digits_end(self, i: int, digit: Callable[[str], bool], *,
+                   need_digit: bool) -> tuple[int, str]:
+        """`takeDigitsFn`: `many (many '_' >> many1 digit)`; after a `_` a digit is required."""
+        while i < self.n:
+            c = self.src[i]
+            if c == "_":
+                need_digit = True
+            elif digit(c):
+                need_digit = False
             else:
-                return None if not parts else (i, tuple(parts))
-            # Continue with `.part` only when the next part starts an identifier.
-            if (i + 1 < self.n and self.src[i] == "."
-                    and (is_id_first(self.src[i + 1]) or self.src[i + 1] == "«")):
+                break
+            i += 1
+        return i, ("a number ends without a digit" if need_digit else "")
+
+    def ident_end(self, i: int) -> tuple[int, tuple[str, ...], str]:
+        """`identFnAux` from an id-first character or `«`. (end, parts, error)."""
+        parts: list[str] = []
+        src, n = self.src, self.n
+        while True:
+            if src[i] == "«":
+                close = src.find("»", i + 1)
+                if close < 0:
+                    return n, tuple(parts), "unterminated identifier escape"
+                parts.append(src[i + 1:close])
+                i = close + 1
+            else:
+                m = _ASCII_ID.match(src, i)
+                j = m.end() if m else i + 1
+                while j < n and is_id_rest(src[j]):
+                    j += 1
+                parts.append(src[i:j])
+                i = j
+            # `isIdCont`: `.` continues the name only before an id-first char or `«`.
+            if i + 1 < n and src[i] == "." and (is_id_first(src[i + 1]) or src[i + 1] == "«"):
                 i += 1
                 continue
-            return i, tuple(parts)
-
-    def number_end(self, i: int) -> int:
-        src, n = self.src, self.n
-        if src.startswith(("0x", "0X", "0b", "0B", "0o", "0O"), i):
-            j = i + 2
-            while j < n and (src[j].isalnum() or src[j] == "_"):
-                j += 1
-            return j
-        j = i
-        while j < n and src[j].isdigit():
-            j += 1
-        if j + 1 < n and src[j] == "." and src[j + 1].isdigit():
-            j += 1
-            while j < n and src[j].isdigit():
-                j += 1
-        if j < n and src[j] in "eE":
-            k = j + 1
-            if k < n and src[k] in "+-":
-                k += 1
-            if k < n and src[k].isdigit():
-                j = k
-                while j < n and src[j].isdigit():
-                    j += 1
-        return j
+            return i, tuple(parts), ""
 
     # -- main loop -----------------------------------------------------------------------
 
-    def run(self, i: int = 0, stop_at_brace: bool = False) -> Iterator[Token]:
-        """Lex from `i`. With `stop_at_brace` (code inside `{ }` of an interpolated string)
-        stop before the `}` that closes it; `self.resume` tells where lexing stopped."""
+    def run(self, i: int = 0, *, stop_at_brace: bool = False,
+            in_string: bool = False) -> Iterator[Token]:
+        """Lex from `i`. With `stop_at_brace` (the code between the braces of a string) stop
+        before the `}` that closes it; `self.resume` says where lexing stopped."""
         src, n = self.src, self.n
         depth = 0
-        prev: Token | None = None
         while i < n:
             c = src[i]
-            if c.isspace():
-                i = _WHITESPACE.match(src, i).end()  # type: ignore[union-attr]
+            if c == " " or c == "\n":
+                i = _SPACES.match(src, i).end()  # type: ignore[union-attr]
                 continue
             tok: Token
-            if src.startswith("--", i):
+            if c == "\t" or c == "\r" or (c.isspace() and c not in " \n"):
+                what = {"\t": "a tab", "\r": "a carriage return"}.get(c, f"U+{ord(c):04X}")
+                tok = self.token(Kind.ERROR, i, i + 1,
+                                 error=f"{what} where Lean expects whitespace (Lean rejects tabs "
+                                 "and carriage returns, and no other character is whitespace)")
+            elif src.startswith("--", i):
                 end = src.find("\n", i)
-                end = n if end < 0 else end
-                tok = self.token(Kind.COMMENT, i, end)
+                tok = self.token(Kind.COMMENT, i, n if end < 0 else end)
             elif src.startswith("/-", i):
-                end, ok = self.block_comment_end(i)
-                tok = self.token(Kind.COMMENT, i, end, unterminated=not ok)
+                doc = self.at(i + 2) in ("-", "!") and bool(self.at(i + 2))
+                body = i + 3 if doc else i + 2
+                end_c = self.comment_body_end(body)
+                tok = self.token(Kind.DOC_COMMENT if doc else Kind.COMMENT, i,
+                                 n if end_c is None else end_c,
+                                 error="unterminated comment" if end_c is None else "")
             elif c == '"':
-                if prev is not None and prev.end == i and prev.kind is Kind.IDENT \
-                        and prev.text.endswith("!"):
-                    yield from self.interpolated(i)
-                    i = self.resume
-                    prev = None
-                    continue
-                end, ok = self.string_end(i)
-                tok = self.token(Kind.STRING, i, end, unterminated=not ok)
+                end, err = self.string_end(i)
+                tok = self.token(Kind.STRING, i, end, error=err, in_string=in_string)
+                yield tok
+                if "{" in tok.text:
+                    yield from self.string_code(tok)
+                i = tok.end
+                continue
+            elif c == "'" and self.at(i + 1) != "'":
+                end, err = self.char_end(i)
+                tok = self.token(Kind.CHAR, i, end, error=err, in_string=in_string)
+            elif _is_digit(c):
+                end, err = self.number_end(i)
+                tok = self.token(Kind.NUMBER, i, end, error=err, in_string=in_string)
+            elif c == "`" and (is_id_first(self.at(i + 1)) or self.at(i + 1) == "«") \
+                    and self.at(i + 1):
+                end, parts, err = self.ident_end(i + 1)
+                tok = self.token(Kind.NAME_LIT, i, end, parts=parts, error=err, in_string=in_string)
             elif c == "r" and (raw := self.raw_string_end(i)) is not None:
-                end, ok = raw
-                tok = self.token(Kind.STRING, i, end, unterminated=not ok)
-            elif c == "'" and (end_c := self.char_end(i)) is not None:
-                tok = self.token(Kind.CHAR, i, end_c)
-            elif c == "`" and (lit := self.name_literal(i)) is not None:
-                tok = lit
-            elif c == "#" and i + 1 < n and is_id_first(src[i + 1]):
+                end, err = raw
+                tok = self.token(Kind.STRING, i, end, error=err, in_string=in_string)
+            elif c == "#" and is_id_first(self.at(i + 1)) and self.at(i + 1):
                 j = i + 1
-                while j < n and is_id_rest(src[j]):
+                while j < n and (_is_ascii_alpha(src[j]) or src[j] == "_"):
                     j += 1
-                tok = self.token(Kind.HASH_CMD, i, j)
-            elif (is_id_first(c) or c == "«") and (ident := self.ident_end(i)) is not None:
-                end, parts = ident
-                tok = self.token(Kind.IDENT, i, end, parts=parts)
-            elif c.isdigit():
-                tok = self.token(Kind.NUMBER, i, self.number_end(i))
+                word = src[i:j]
+                glued = j < n and is_id_rest(src[j]) or (
+                    word not in _HASH_COMMANDS and any(word.startswith(k) for k in _HASH_COMMANDS))
+                tok = self.token(Kind.HASH_CMD, i, j, in_string=in_string,
+                                 error=(f"`{src[i:j + 1]}`: a `#` command glued to more "
+                                        "identifier characters (Lean splits it by its token "
+                                        "table, which is not known here)") if glued else "")
+            elif is_id_first(c) or c == "«":
+                end, parts, err = self.ident_end(i)
+                tok = self.token(Kind.IDENT, i, end, parts=parts, error=err, in_string=in_string)
+            elif is_version_dependent_id_char(c):
+                tok = self.token(Kind.ERROR, i, i + 1, in_string=in_string,
+                                 error=f"`{c}` (U+{ord(c):04X}) is an identifier character in some "
+                                 "Lean versions and not in others")
             else:
                 if stop_at_brace:
                     if c == "{":
@@ -301,56 +405,46 @@ class _Lexer:
                             return
                         depth -= 1
                 sym = next((s for s in _MULTI_SYMBOLS.get(c, ()) if src.startswith(s, i)), c)
-                tok = self.token(Kind.SYMBOL, i, i + len(sym))
+                tok = self.token(Kind.SYMBOL, i, i + len(sym), in_string=in_string)
             yield tok
-            prev = tok
             i = tok.end
         self.resume = n
 
-    def name_literal(self, i: int) -> Token | None:
-        j = i + 2 if self.src.startswith("``", i) else i + 1
-        ident = self.ident_end(j) if j < self.n else None
-        if ident is None:
-            return None
-        end, parts = ident
-        return self.token(Kind.NAME_LIT, i, end, parts=parts)
-
-    def interpolated(self, i: int) -> Iterator[Token]:
-        """`i` points at the quote of `s!"..."`: string pieces and the code between braces."""
-        start = i
-        i += 1
-        while i < self.n:
+    def string_code(self, string: Token) -> Iterator[Token]:
+        """The code between the braces of `string`, as `interpolatedStrFn` would read it if
+        the string is interpolated (each `{` opens code up to its matching `}`)."""
+        i, end = string.start + 1, string.end - 1
+        while i < end:
             c = self.src[i]
             if c == "\\":
-                i = self.escape_end(i + 1)
-            elif c == '"':
-                yield self.token(Kind.STRING, start, i + 1)
-                self.resume = i + 1
-                return
+                i, _ = self.escape_end(i + 1, in_string=True)
             elif c == "{":
-                yield self.token(Kind.STRING, start, i + 1)
-                inner = _Lexer(self.src)
-                inner.line_starts = self.line_starts
-                yield from inner.run(i + 1, stop_at_brace=True)
-                i = inner.resume
-                start = i
-                i += 1
+                inner = _Lexer.__new__(_Lexer)
+                inner.src, inner.n, inner.line_starts = self.src[:end], end, self.line_starts
+                yield from inner.run(i + 1, stop_at_brace=True, in_string=True)
+                i = inner.resume + 1
             else:
                 i += 1
-        yield self.token(Kind.STRING, start, self.n, unterminated=True)
-        self.resume = self.n
+
+    resume: int = 0
 
 
 def tokenize(source: str, *, comments: bool = False) -> list[Token]:
-    """All tokens of `source`; comments only when asked for."""
+    """All tokens of `source`, including the code between the braces of strings (marked
+    `in_string`); comments (and doc comments) only when asked for."""
     toks = _Lexer(source).run()
-    return [t for t in toks if comments or t.kind is not Kind.COMMENT]
+    return [t for t in toks if comments or t.kind not in (Kind.COMMENT, Kind.DOC_COMMENT)]
 
 
-def first_unterminated(tokens: list[Token]) -> Token | None:
-    """The first comment or string literal that runs to the end of the input, if any
-    (`tokens` must include comments)."""
-    return next((t for t in tokens if t.unterminated), None)
+def code_tokens(tokens: list[Token]) -> list[Token]:
+    """The tokens Lean's grammar reads as code for certain: no comments, no tokens from
+    inside strings."""
+    return [t for t in tokens if not t.in_string and t.kind not in (Kind.COMMENT, Kind.DOC_COMMENT)]
+
+
+def first_error(tokens: list[Token]) -> Token | None:
+    """The first token Lean would reject or this lexer cannot decide (`Token.error`)."""
+    return next((t for t in tokens if t.error), None)
 
 
 def render(tokens: list[Token]) -> str:

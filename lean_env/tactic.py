@@ -199,9 +199,9 @@ class TacticSession:
         verdict = self._verify(child.tactics)
         if isinstance(verdict, Accepted):
             return ProofFinished(sid, self.assemble(child.tactics), child.tactics, verdict)
-        reason = getattr(verdict, "reason", verdict.kind)
         return TacticError(f"the REPL closed every goal, but the assembled proof was rejected "
-                           f"({reason}): {verdict.detail}", getattr(verdict, "messages", ()))
+                           f"({verdict.outcome.partition(':')[2]}): {verdict.detail}",
+                           verdict.messages if isinstance(verdict, Rejected) else ())
 
     def _verify(self, tactics: tuple[str, ...]) -> Accepted | Rejected | NotChecked:
         """The whole acceptance path on the assembled proof, in this session's process."""
@@ -213,10 +213,11 @@ class TacticSession:
             return early
         t0 = time.perf_counter()
         try:
-            reply = self._process.command(lean_command(self.name, self.header, proof),
-                                          env=self._env, timeout_s=self.config.timeout_s)
+            command = lean_command(self.name, self.header, proof, self.formal_statement)
+            reply = self._process.command(command.text, env=self._env,
+                                          timeout_s=self.config.timeout_s)
         except LeanEnvError as exc:
             self._broken = exc
             raise
-        return judge(self.name, reply, allowed_axioms=self.config.allowed_axioms,
+        return judge(self.name, reply, command=command, allowed_axioms=self.config.allowed_axioms,
                      checked_by=self.checked_by, time_s=time.perf_counter() - t0)

@@ -112,19 +112,22 @@ class Verifier:
                                         checked_by=self.checked_by)
         if rejection is not None:
             return rejection
-        code = acceptance.lean_command(name, header, candidate)
+        command = acceptance.lean_command(name, header, candidate, formal_statement)
         start = time.perf_counter()
         try:
             response, lean_s = await self.pool.run_command_timed(
-                header, code, timeout_s=self.config.timeout_s)
+                header, command.text, timeout_s=self.config.timeout_s)
         except ReplTimeoutError as exc:
-            return TimedOut(checked_by=self.checked_by, time_s=exc.limit_s, limit_s=exc.limit_s)
+            return TimedOut(checked_by=self.checked_by, time_s=exc.limit_s, limit_s=exc.limit_s,
+                            layers=("static", "repl"))
         except PoolSaturatedError:
             raise
         except LeanEnvError as exc:
             return NotChecked(checked_by=self.checked_by, time_s=time.perf_counter() - start,
-                              cause="infrastructure", detail=f"{type(exc).__name__}: {exc}")
-        return acceptance.judge(name, response, allowed_axioms=self.config.allowed_axioms,
+                              cause="infrastructure", detail=f"{type(exc).__name__}: {exc}",
+                              layers=("static", "repl"))
+        return acceptance.judge(name, response, command=command,
+                                allowed_axioms=self.config.allowed_axioms,
                                 checked_by=self.checked_by, time_s=lean_s)
 
     async def verify_many(self, requests: Sequence[VerifyRequest], *,

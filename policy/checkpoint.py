@@ -241,9 +241,9 @@ def _to_hf(model: Transformer) -> dict[str, Tensor]:
                 out[f"{base}.{e}.down_proj.weight"] = tensor[e]
     # MTP modules read the shared embedding and head; DeepSeek stores a copy in each.
     for k in range(args.n_mtp_layers):
-        layer = f"model.layers.{args.n_layers + k}."
-        out[layer + "embed_tokens.weight"] = out["model.embed_tokens.weight"]
-        out[layer + "shared_head.head.weight"] = out["lm_head.weight"]
+        prefix = f"model.layers.{args.n_layers + k}."
+        out[prefix + "embed_tokens.weight"] = out["model.embed_tokens.weight"]
+        out[prefix + "shared_head.head.weight"] = out["lm_head.weight"]
     return out
 
 

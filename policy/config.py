@@ -16,7 +16,13 @@ class SamplingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(1, ge=1, description="Completions per prompt (the G of GRPO, the k of pass@k).")
+    n: int = Field(
+        1,
+        ge=1,
+        description="Completions per prompt: GRPO's group size G, the samples per problem that "
+        "pass@k is estimated from (every benchmark.k <= n) and `prove`'s samples per problem. The "
+        "only home of this value.",
+    )
     temperature: float = Field(1.0, ge=0.0, description="Softmax temperature; 0 means greedy.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (DeepSeek-Prover-V1.5 uses 0.95).")
     max_tokens: int = Field(2048, ge=1, description="Maximum new tokens per completion.")
@@ -46,7 +52,12 @@ class PolicyConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights' dtype for generation; auto = bfloat16 on GPU, float32 on CPU."
     )
-    max_model_len: int = Field(4096, ge=64, description="Context length the engine reserves, tokens.")
+    max_model_len: int = Field(
+        4096,
+        ge=64,
+        description="Context length the engine reserves (prompt + completion), tokens; at most the "
+        "model's own max_position_embeddings (both engines refuse more).",
+    )
     gpu_memory_utilization: float = Field(
         0.85, gt=0.0, le=1.0, description="Fraction of GPU memory vLLM may take (ignored on CPU)."
     )

@@ -452,6 +452,8 @@ class Gate(_Float32Buffers, nn.Module):
     """
 
     _float32_buffers = ("e_score_correction_bias", "tokens_per_expert")
+    e_score_correction_bias: Tensor  # (E,) float32, a checkpointed buffer
+    tokens_per_expert: Tensor  # (E,) float32, reset after each bias update; not checkpointed
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -633,6 +635,8 @@ class Transformer(_Float32Buffers, nn.Module):
     """The DeepSeek-V3-architecture causal LM: embedding, blocks, final norm, head, MTP modules."""
 
     _float32_buffers = ("rope_cos", "rope_sin")
+    rope_cos: Tensor  # (max_seq_len, R/2) float32, recomputed on load (not checkpointed)
+    rope_sin: Tensor
 
     def __init__(self, args: ModelArgs):
         super().__init__()

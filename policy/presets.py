@@ -1,5 +1,6 @@
-"""Named model sizes for `ModelArgs`, like torchtitan's flavors: one for CPU tests, one measured
-on the H100 against transformers and torchtitan, one for real runs.
+"""Named model sizes for `ModelArgs`, like torchtitan's flavors: one for CPU tests, one in the
+configuration of the H100 baselines (transformers and torchtitan, ../shared/MACHINES.md), one
+for real runs.
 
 Counts (`policy.model.count_parameters`, main model / plus MTP):
 - tiny:  3.7M total, 3.1M active (+2.0M MTP), vocab 1024; dims vLLM's CPU MLA backend accepts

@@ -27,6 +27,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from policy.paths import DATA_DIR
+
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|eos|>"
 PAD_TOKEN = "<|pad|>"
@@ -56,7 +58,7 @@ DEFAULT_TEXT_FIELDS = (
 
 # The tokenizer we ship (trained by `prover model tokenizer`, see its README) and use when
 # `prover model init` is given no `--tokenizer`. It lives in the checkout's data/ folder.
-DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers" / "lean-bpe-4k"
+DEFAULT_TOKENIZER_DIR = DATA_DIR / "tokenizers" / "lean-bpe-4k"
 
 
 class TokenizerError(ValueError):

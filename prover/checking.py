@@ -5,13 +5,14 @@ pinned Lean and our acceptance rules, or check a run's outputs again. A proof fi
 with `name` and `code` (a whole Lean file, or the theorem and its proof) per line; each proof
 is matched to its problem by id or name and goes through the same `Verifier` pipeline as
 every other caller. With no verifier (static mode) only the checks that need no Lean run, and
-results say so.
+results say so. Results come out in file order as each batch of proofs is verified, so a run
+folder gets them as they arrive.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from lean_env.verdict import Verdict
 from lean_env.verifier import Verifier, VerifyRequest
 from prover.errors import UserError
 from prover.problems import Problem, ProblemSetError, read_jsonl_rows
+from prover.runs import count_new
 
 STATIC_LABEL = "static checks (no Lean ran)"
 
@@ -97,30 +99,41 @@ def match_problems(entries: Sequence[ProofEntry], problems: Sequence[Problem]) -
 
 
 def check_proofs(entries: Sequence[ProofEntry], problems: Sequence[Problem], verifier: Verifier | None,
-                 *, progress: Callable[[int, int], None] | None = None) -> list[CheckResult]:
-    """Verdicts for every proof, in file order. `verifier=None`: static checks only."""
+                 *, batch_size: int = 64, on_verified: Callable[[int], None] | None = None) -> Iterator[CheckResult]:
+    """Verdicts for every proof, in file order, yielded batch by batch (`batch_size` proofs go
+    to the verifier at once). `verifier=None`: static checks only. Every proof is matched to its
+    problem here, before anything is checked (unknown names raise at once).
+    `on_verified(k)`: k more proofs checked, for progress."""
     matched = match_problems(entries, problems)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return _checked(list(zip(entries, matched, strict=True)), verifier, batch_size, on_verified)
+
+
+def _checked(pairs: list[tuple[ProofEntry, Problem]], verifier: Verifier | None, batch_size: int,
+             on_verified: Callable[[int], None] | None) -> Iterator[CheckResult]:
     if verifier is None:
-        results = []
-        for i, (entry, problem) in enumerate(zip(entries, matched, strict=True), start=1):
-            verdict = precheck(problem.name, problem.header, problem.formal_statement, entry.code,
-                               checked_by=STATIC_LABEL)
-            results.append(CheckResult(entry, problem, verdict))
-            if progress:
-                progress(i, len(entries))
-        return results
-    requests = [VerifyRequest(p.name, p.header, p.formal_statement, e.code) for e, p in zip(entries, matched, strict=True)]
-    verdicts = verifier.verify_batch(requests, progress=progress)
-    return [CheckResult(e, p, v) for e, p, v in zip(entries, matched, verdicts, strict=True)]
+        for entry, problem in pairs:
+            static = precheck(problem.name, problem.header, problem.formal_statement, entry.code,
+                              checked_by=STATIC_LABEL)
+            if on_verified:
+                on_verified(1)
+            yield CheckResult(entry, problem, static)
+        return
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        requests = [VerifyRequest(p.name, p.header, p.formal_statement, e.code) for e, p in batch]
+        verdicts = verifier.verify_batch(requests, progress=count_new(on_verified))
+        for (entry, problem), verdict in zip(batch, verdicts, strict=True):
+            yield CheckResult(entry, problem, verdict)
 
 
-def summarize_results(results: Sequence[CheckResult], *, checked_by: str) -> dict[str, Any]:
-    outcomes = Counter(r.outcome for r in results)
+def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over `CheckResult.to_json()` records (this process's and a resumed run's)."""
+    outcomes = Counter(r["outcome"] for r in records)
     return {
-        "checked_by": checked_by,
-        "total": len(results),
-        "passed": sum(r.passed for r in results),
+        "passed": sum(bool(r["passed"]) for r in records),
         "outcomes": dict(sorted(outcomes.items())),
-        "failed": [{"name": r.entry.name, "outcome": r.outcome, "origin": r.entry.origin}
-                   for r in results if not r.passed],
+        "failed": [{"name": r["name"], "outcome": r["outcome"], "origin": r["origin"]}
+                   for r in records if not r["passed"]],
     }

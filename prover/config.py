@@ -8,6 +8,12 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
 [rollout], [training], [benchmark]. Defaults name their source: GRPO values follow
 DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
+
+Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
+samples per problem of pass@k and of `prove`); the expert-balancing speed is the model's own
+(`policy.model.ModelArgs.bias_update_speed`, in the checkpoint's config.json); seeds live with
+what they seed (`policy.sampling.seed`, `training.seed`). Checks across sections quote the
+numbers they compare.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from lean_env.config import VerifierConfig
 from policy.config import PolicyConfig
 from prover.errors import UserError
+from prover.runs import RunConfig
 
 RESOLVED_CONFIG_NAME = "config.resolved.toml"
 
@@ -32,7 +39,7 @@ class ConfigError(UserError):
 
 
 class RolloutConfig(BaseModel):
-    """How prompts become verified samples."""
+    """How prompts become verified samples (samples per prompt, GRPO's G: `policy.sampling.n`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,9 +47,6 @@ class RolloutConfig(BaseModel):
         "deepseek-prover-v1.5",
         description="'deepseek-prover-v1.5': \"Complete the following Lean 4 code:\\n\\n```lean4\\n\" + header "
         "+ informal_prefix + formal_statement (the field's standard non-CoT prompt); 'plain': the Lean text alone.",
-    )
-    group_size: int = Field(
-        8, ge=1, description="Samples per prompt (GRPO's G). 8 as in TRL's GRPOConfig num_generations default."
     )
     prompts_per_step: int = Field(32, ge=1, description="Distinct problems sampled per training step.")
     verify_concurrency: int = Field(
@@ -68,34 +72,26 @@ class TrainingConfig(BaseModel):
     micro_batch_size: int = Field(4, ge=1, description="Sequences per forward/backward pass.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    bias_update_speed: float = Field(
-        0.001, ge=0,
-        description="gamma of the aux-loss-free expert balancing bias update. 0.001 as in DeepSeek-V3 (sec 4.2).",
-    )
     seed: int = Field(0, description="Seed for data order and initialisation.")
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
 
 
 class BenchmarkConfig(BaseModel):
-    """pass@k on a suite, reported so others can reproduce it."""
+    """pass@k on a suite, reported so others can reproduce it (samples per problem:
+    `policy.sampling.n`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     suite: str = Field("minif2f-test", description="Suite name (data/suites.toml), a .jsonl/.lean path, or hf:owner/name.")
     split: str | None = Field(None, description="Split to keep when the source has several (a suite fixes its own).")
     limit: int | None = Field(None, ge=1, description="Only the first N problems (smoke runs; reports say so).")
-    samples: int = Field(32, ge=1, description="Samples per problem; pass@k is estimated for every k <= samples.")
-    k: list[int] = Field(
-        default_factory=lambda: [1, 8, 32],
-        description="Values of k to report, unbiased estimator of Chen et al. 2021 (Codex).",
+    k: list[PositiveInt] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="Values of k to report, unbiased estimator of Chen et al. 2021 (Codex); each "
+        "at most policy.sampling.n, the samples per problem (pass@1 with the default n=1; "
+        "DeepSeek-Prover reports pass@32 with n=32 and k = [1, 8, 32]).",
     )
-
-    @model_validator(mode="after")
-    def _k_within_samples(self) -> BenchmarkConfig:
-        too_big = [k for k in self.k if k > self.samples or k < 1]
-        if too_big:
-            raise ValueError(f"k values {too_big} must lie in 1..samples (samples={self.samples})")
-        return self
 
 
 class ProverConfig(BaseModel):
@@ -104,12 +100,28 @@ class ProverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_dir: Path = Field(Path("runs/latest"), description="Where the run writes results, logs and this config.")
-    seed: int = Field(0, description="Global seed; parts that sample derive theirs from it.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> ProverConfig:
+        sampling, context = self.policy.sampling, self.policy.max_model_len
+        if sampling.max_tokens >= context:
+            raise ValueError(
+                f"policy.sampling.max_tokens = {sampling.max_tokens} leaves no room for a prompt "
+                f"within policy.max_model_len = {context} tokens"
+            )
+        too_big = [k for k in self.benchmark.k if k > sampling.n]
+        if too_big:
+            raise ValueError(
+                f"benchmark.k values {too_big} exceed policy.sampling.n = {sampling.n}, the samples "
+                "per problem that pass@k is estimated from"
+            )
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -125,10 +137,14 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _describe(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
+    loc = ".".join(str(p) for p in first["loc"])
+    key = f"{loc}: " if loc else ""  # checks across sections have no single key
+    # Our own checks (ValueError in a validator) already quote the values they compare.
+    own = first["type"] == "value_error"
+    message = str(first["ctx"]["error"]) if own else first["msg"]
+    got = f" (got {first['input']!r})" if not own and "input" in first and not isinstance(first["input"], dict) else ""
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{origin}: {key}: {first['msg']}{got}{more}"
+    return f"{origin}: {key}{message}{got}{more}"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -161,10 +177,16 @@ def resolve_config(config_file: Path | None = None, overrides: Mapping[str, Any]
 
 def write_resolved_config(config: ProverConfig, out_dir: Path | None = None) -> Path:
     """Write the resolved config as TOML (None values omitted) into `out_dir` (default: its
-    own output_dir); feeding it back with --config reproduces the run."""
+    own output_dir); feeding it back with --config reproduces the run. Written atomically
+    (a new file renamed over the old), so a crash never leaves half a config."""
     target_dir = out_dir or config.output_dir
     target_dir.mkdir(parents=True, exist_ok=True)
     path = target_dir / RESOLVED_CONFIG_NAME
     data = config.model_dump(mode="json", exclude_none=True)
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    command = f"prover --config {path} {config.run.command} --out NEW_DIR" if config.run.command else None
+    head = ("# What this run did ([run]: the job; the rest: every setting, resolved).\n"
+            + (f"# Re-run it: {command}\n" if command else "") + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(head + tomli_w.dumps(data), encoding="utf-8")
+    tmp.replace(path)
     return path

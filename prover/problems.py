@@ -32,22 +32,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from lean_env.commands import commands, statement_end
+from lean_env.lexer import Kind, Token, code_tokens, tokenize
 from prover.errors import UserError
+from prover.paths import DATA_DIR_ENV, SUITES_FILE, data_dirs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SUITES_FILE = REPO_ROOT / "data" / "suites.toml"
-# Where suite files are looked for, in order: $PROVER_DATA_DIR (colon-separated), the checkout's
-# data/sets, and ../shared/data beside the checkout (our development machines and CI).
-DATA_DIR_ENV = "PROVER_DATA_DIR"
 HUB_PREFIX = "hf:"
 
 _REQUIRED = ("name", "formal_statement", "header")
 _OPTIONAL = ("split", "informal_prefix", "goal", "source")
-# A declaration keyword at the start of a line, then the name (Lean identifiers may be dotted
-# or «quoted»).
-_DECL_RE = re.compile(r"^(?:@\[[^\]]*\]\s*)?(?:private\s+|protected\s+)?(?:noncomputable\s+)?(theorem|lemma|def)\s+(«[^»]+»|[^\s:({\[]+)",
-                      re.MULTILINE)
-
 
 class ProblemSetError(UserError):
     """A problem set could not be read: the message names the file, line and field."""
@@ -114,7 +107,8 @@ def _problem_from_row(row: Any, *, where: str, default_split: str, default_sourc
         raise ProblemSetError(f"{where}: field 'name' must be a non-empty name without spaces, got {values['name']!r}")
     if not values["formal_statement"].strip():
         raise ProblemSetError(f"{where}: field 'formal_statement' is empty")
-    declared = [m.group(2) for m in _DECL_RE.finditer(values["formal_statement"])]
+    declared = [cmd.decl_name.name for cmd in commands(code_tokens(tokenize(values["formal_statement"])))
+                if cmd.decl_name is not None]
     if name not in declared:
         found = f"declares {declared[0]!r}" if declared else "declares no theorem, lemma or def"
         raise ProblemSetError(f"{where}: field 'formal_statement' {found}, expected theorem {name!r}")
@@ -194,68 +188,81 @@ def load_jsonl(path: Path, *, source: str | None = None) -> list[Problem]:
     return _assign_ids(problems)
 
 
-def _line_of(text: str, offset: int) -> int:
-    return text.count("\n", 0, offset) + 1
-
-
-def _strip_trailing_comments(code: str) -> str:
-    """Drop trailing whitespace and `--` line comments after the last code token."""
-    lines = code.rstrip().splitlines()
-    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith("--")):
-        lines.pop()
-    return "\n".join(lines).rstrip()
+def _sorry_proof(tokens: Sequence[Token], start: int) -> bool:
+    """Whether the declaration's proof, from `:=` at `start`, is just `sorry` (or `by sorry`)."""
+    rest = [t.text for t in tokens[start:]]
+    return rest in ([":=", "sorry"], [":=", "by", "sorry"])
 
 
 def load_lean(path: Path, *, split: str | None = None) -> list[Problem]:
-    """A .lean file of theorems (or lemmas) each proved by `sorry`.
+    """A .lean file of theorems (or lemmas) each proved by `sorry`, read as Lean would: through
+    `lean_env`'s lexer and command splitter, so comments (a commented-out theorem), strings
+    and doc comments are what Lean says they are.
 
-    The header is the text before the first declaration (imports, options, `open`s), minus a
-    doc comment attached to that declaration; each declaration's doc comment becomes its
-    `informal_prefix`, and its statement is normalised to end in `:= by` followed by a newline.
+    * Each top-level `theorem`/`lemma` (or data `def`) proved by `sorry` is a problem; its doc
+      comment becomes its `informal_prefix`, its statement ends in `:= by` and a newline.
+    * The header is everything before the first problem (imports, options, `open`s, helper
+      definitions), without that problem's doc comment. Helper commands between problems
+      (a `def` with a body, an `open`) join the header of the problems after them, as they
+      are in scope there in Lean.
+    * A theorem proved by something else is an error (a problem file states theorems), and so
+      is a problem inside a `namespace` or `section` (its name would not be its own).
     """
     text = _read_text(path)
     label = path.name
-    matches = list(_DECL_RE.finditer(text))
-    if not matches:
-        raise ProblemSetError(f"{label}: no `theorem`, `lemma` or `def` declarations found")
-    problems, wheres = [], []
-    header_end = matches[0].start()
-    for i, match in enumerate(matches):
-        start = match.start()
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        where = f"{label}:{_line_of(text, start)}"
-        block = text[start:end]
-        # A doc comment right before the *next* declaration belongs to it, not to this one.
-        next_doc = re.search(r"/--(?:(?!/--).)*?-/\s*$", block, re.DOTALL)
-        if next_doc and i + 1 < len(matches):
-            block = block[: next_doc.start()]
-        decl = _strip_trailing_comments(block)
-        body = re.sub(r"(:=\s*(?:by\s+)?)sorry$", r"\1", decl)
-        if body == decl:
+    tokens = [t for t in tokenize(text, comments=True)
+              if t.kind is not Kind.COMMENT and not t.in_string]
+    problems: list[Problem] = []
+    header_parts: list[str] = []
+    scopes: list[str] = []
+    rows: list[tuple[dict[str, str], str]] = []
+    helpers: list[str] = []         # commands after the first problem that are context
+    for cmd in commands(tokens):
+        kw, decl = cmd.keyword, cmd.decl_name
+        start = cmd.tokens[0].start
+        is_problem = (kw in ("theorem", "lemma", "def") and decl is not None
+                      and _sorry_proof(cmd.tokens, statement_end(cmd.tokens, cmd.head + 1)))
+        if rows and not is_problem and kw not in ("theorem", "lemma"):
+            helpers.append(text[start:cmd.tokens[-1].end])
+        if kw in ("namespace", "section"):
+            scopes.append(f"{kw} {cmd.tokens[cmd.head + 1].text}" if len(cmd.tokens) > cmd.head + 1 else kw)
+        elif kw == "end" and scopes:
+            scopes.pop()
+        if kw not in ("theorem", "lemma", "def") or decl is None:
+            continue
+        where = f"{label}:{decl.line}"
+        end = statement_end(cmd.tokens, cmd.head + 1)
+        if not _sorry_proof(cmd.tokens, end):
+            if kw == "def":
+                continue            # a helper definition: context for what follows
             raise ProblemSetError(
-                f"{where}: theorem {match.group(2)!r} must end in `:= by sorry` or `:= sorry` "
-                "(a problem file states theorems; it does not prove them)"
-            )
-        statement = re.sub(r":=\s*(?:by\s*)?$", "", body.rstrip()).rstrip() + " := by\n"
+                f"{where}: theorem {decl.text!r} must end in `:= by sorry` or `:= sorry` "
+                "(a problem file states theorems; it does not prove them)")
+        if scopes:
+            raise ProblemSetError(f"{where}: theorem {decl.text!r} is inside `{scopes[-1]}`; state "
+                                  "problems at top level (their names must be their own)")
+        doc_start = start if not cmd.doc else None
         prefix = ""
-        preceding = text[: start] if i == 0 else text[matches[i - 1].end():start]
-        doc = re.search(r"(/--(?:(?!/--).)*?-/)\s*$", preceding, re.DOTALL)
-        if doc:
-            prefix = doc.group(1) + "\n"
-            if i == 0:
-                header_end = doc.start()
-        row = {"name": match.group(2), "formal_statement": statement, "informal_prefix": prefix,
-               "header": ""}
-        problems.append(row)
-        wheres.append(where)
-    header = text[:header_end].rstrip() + "\n\n"
-    if not header.strip():
+        if cmd.doc:
+            doc = next(t for t in cmd.tokens if t.kind is Kind.DOC_COMMENT)
+            prefix = doc.text + "\n"
+            doc_start = start
+        if not rows:
+            header_parts.append(text[:doc_start])
+        else:
+            header_parts.extend(h + "\n\n" for h in helpers)
+            helpers.clear()
+        keyword_start = cmd.tokens[cmd.head].start
+        statement = text[keyword_start:cmd.tokens[end - 1].end] + " := by\n"
+        rows.append(({"name": decl.name, "formal_statement": statement, "informal_prefix": prefix,
+                      "header": "".join(header_parts).rstrip() + "\n\n"}, where))
+    if not rows:
+        raise ProblemSetError(f"{label}: no `theorem`, `lemma` or `def` declarations found")
+    if not rows[0][0]["header"].strip():
         raise ProblemSetError(f"{label}: no header before the first theorem (expected e.g. `import Mathlib`)")
-    return _assign_ids([
-        _problem_from_row({**row, "header": header}, where=where, default_split=split or path.stem,
-                          default_source=path.stem)
-        for row, where in zip(problems, wheres, strict=True)
-    ])
+    problems = [_problem_from_row(row, where=where, default_split=split or path.stem,
+                                  default_source=path.stem) for row, where in rows]
+    return _assign_ids(problems)
 
 
 def load_hub(dataset: str, *, split: str | None = None, revision: str | None = None,
@@ -306,11 +313,6 @@ def load_suites(path: Path = SUITES_FILE) -> dict[str, Suite]:
             hub_revision=entry.get("hub_revision"),
         )
     return suites
-
-
-def data_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get(DATA_DIR_ENV, "").split(os.pathsep) if p]
-    return dirs + [REPO_ROOT / "data" / "sets", REPO_ROOT.parent / "shared" / "data"]
 
 
 def sha256_of(path: Path) -> str:

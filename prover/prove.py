@@ -6,13 +6,19 @@ statement into a candidate that goes through the same `Verifier` as every other 
 problem is proved when any candidate is Accepted. Lean-feedback repair and best-first tactic
 search build on these pieces (prompts, candidates, attempts) in the next stage.
 
-Pure functions (prompt, candidate) are separate from the loop, which does the I/O.
+Pure functions (prompt, candidate) are separate from the loop, which does the I/O. The loop
+works through the problems in batches (`problems_per_batch` per engine call) and yields each
+problem's `ProofResult` as soon as its samples are verified, so a caller (the CLI's run
+folder, bench, RL rollouts) writes results as they arrive rather than at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from lean_env.verdict import Verdict
@@ -20,8 +26,10 @@ from lean_env.verifier import VerifyRequest
 from policy.config import SamplingConfig
 from policy.engines import Completion, GenerationEngine
 from prover.problems import Problem
+from prover.runs import count_new
 
 FENCE = "```"
+PROMPT_TOO_LONG = "prompt_too_long"
 
 
 def build_prompt(problem: Problem, template: str) -> str:
@@ -66,10 +74,16 @@ class Attempt:
 
 @dataclass(frozen=True)
 class ProofResult:
-    """All attempts at one problem; `proof` is the first accepted candidate, if any."""
+    """All attempts at one problem; `proof` is the first accepted candidate, if any.
+
+    `skipped` names why no sample was drawn (`prompt_too_long`: the prompt does not fit the
+    model's context), with `detail` giving the numbers; such a problem has no attempts.
+    """
 
     problem: Problem
     attempts: tuple[Attempt, ...]
+    skipped: str | None = None
+    detail: str = ""
 
     @property
     def proof(self) -> str | None:
@@ -79,10 +93,51 @@ class ProofResult:
     def proved(self) -> bool:
         return self.proof is not None
 
+    @property
+    def outcome(self) -> str:
+        """`proved`, `not_proved`, or `not_checked:<why>` when no sample was drawn."""
+        if self.skipped:
+            return f"not_checked:{self.skipped}"
+        return "proved" if self.proved else "not_proved"
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.problem.id, "name": self.problem.name, "origin": self.problem.origin,
-                "proved": self.proved, "proof": self.proof, "header": self.problem.header,
-                "attempts": [a.to_json() for a in self.attempts]}
+                "outcome": self.outcome, "proved": self.proved, "proof": self.proof,
+                "header": self.problem.header, "attempts": [a.to_json() for a in self.attempts]} | (
+                    {"detail": self.detail} if self.detail else {})
+
+
+def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over `ProofResult.to_json()` records (those of this process and of a resumed run):
+    problems per outcome, samples per verdict outcome, the proved ids."""
+    return {
+        "proved": sum(bool(r["proved"]) for r in records),
+        "outcomes": dict(sorted(Counter(r["outcome"] for r in records).items())),
+        "samples": dict(sorted(Counter(a["verdict"]["outcome"] for r in records for a in r["attempts"]).items())),
+        "proved_names": [r["id"] for r in records if r["proved"]],
+    }
+
+
+def context_length(checkpoint: Path, max_model_len: int) -> int:
+    """Tokens a prompt and its completion share: the engine's `max_model_len`, capped by the
+    checkpoint's `max_position_embeddings` (config.json) when it names one."""
+    try:
+        positions = json.loads((checkpoint / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        positions = None
+    return min(max_model_len, positions) if isinstance(positions, int) and positions > 0 else max_model_len
+
+
+def prompt_fit(count_tokens: Callable[[str], int], context: int) -> Callable[[str], str | None]:
+    """A check for `prove_whole`: None when the prompt leaves room for at least one new token
+    in `context`, else why not. Both engines refuse such a prompt (vLLM raises for the whole
+    batch), so it becomes a per-problem outcome here instead of ending the run."""
+    def check(prompt: str) -> str | None:
+        tokens = count_tokens(prompt)
+        if tokens >= context:
+            return f"prompt of {tokens} tokens leaves no room for a proof in the context of {context} tokens"
+        return None
+    return check
 
 
 class Verifying(Protocol):
@@ -93,25 +148,46 @@ class Verifying(Protocol):
 
 
 def prove_whole(problems: Sequence[Problem], engine: GenerationEngine, verifier: Verifying,
-                sampling: SamplingConfig, *, template: str,
-                progress: Callable[[str, int, int], None] | None = None) -> list[ProofResult]:
-    """Sample `sampling.n` whole proofs per problem and verify every one of them.
+                sampling: SamplingConfig, *, template: str, problems_per_batch: int = 8,
+                prompt_check: Callable[[str], str | None] | None = None,
+                on_verified: Callable[[int], None] | None = None) -> Iterator[ProofResult]:
+    """Sample `sampling.n` whole proofs per problem, verify every one, yield each problem's
+    result (in problem order) as soon as its batch is verified.
 
-    All prompts go to the engine in one call (it batches), then all candidates to the
-    verifier in one batch (its pool runs them in parallel). `progress(stage, done, total)`
-    reports "verify" progress.
+    Problems go to the engine `problems_per_batch` at a time (it batches their samples), then
+    the batch's candidates to the verifier in one batch (its pool runs them in parallel).
+    `prompt_check(prompt)` returning a reason skips that problem (`ProofResult.skipped`).
+    `on_verified(k)` is told of every k samples verified, for progress.
     """
+    if problems_per_batch < 1:
+        raise ValueError(f"problems_per_batch must be at least 1, got {problems_per_batch}")
     stop = list(dict.fromkeys([*sampling.stop, FENCE]))
     sampling = sampling.model_copy(update={"stop": stop})
-    generations = engine.generate([build_prompt(p, template) for p in problems], sampling)
+    for start in range(0, len(problems), problems_per_batch):
+        batch = problems[start:start + problems_per_batch]
+        prompts = {p.id: build_prompt(p, template) for p in batch}
+        refusals = {pid: why for pid, prompt in prompts.items() if prompt_check and (why := prompt_check(prompt))}
+        runnable = [p for p in batch if p.id not in refusals]
+        attempts = _sample_and_verify(runnable, [prompts[p.id] for p in runnable], engine, verifier, sampling,
+                                      on_verified) if runnable else {}
+        for problem in batch:
+            if problem.id in refusals:
+                yield ProofResult(problem, (), skipped=PROMPT_TOO_LONG, detail=refusals[problem.id])
+            else:
+                yield ProofResult(problem, tuple(attempts[problem.id]))
+
+
+def _sample_and_verify(problems: Sequence[Problem], prompts: Sequence[str], engine: GenerationEngine,
+                       verifier: Verifying, sampling: SamplingConfig,
+                       on_verified: Callable[[int], None] | None) -> dict[str, list[Attempt]]:
+    generations = engine.generate(prompts, sampling)
     pending: list[tuple[Problem, int, Completion, str]] = []
     for problem, generated in zip(problems, generations, strict=True):
         for index, completion in enumerate(generated.completions):
             pending.append((problem, index, completion, candidate_from_completion(problem, completion.text)))
     requests = [VerifyRequest(p.name, p.header, p.formal_statement, cand) for p, _, _, cand in pending]
-    verdicts = verifier.verify_batch(
-        requests, progress=(lambda done, total: progress("verify", done, total)) if progress else None)
+    verdicts = verifier.verify_batch(requests, progress=count_new(on_verified))
     attempts: dict[str, list[Attempt]] = {p.id: [] for p in problems}
     for (problem, index, completion, candidate), verdict in zip(pending, verdicts, strict=True):
         attempts[problem.id].append(Attempt(index, completion, candidate, verdict))
-    return [ProofResult(p, tuple(attempts[p.id])) for p in problems]
+    return attempts

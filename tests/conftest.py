@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# ../shared sits beside the checkout on our machines and in CI; users never need it.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from prover.paths import CHECKOUT, SHARED_DATA_DIR
+
+REPO_ROOT = CHECKOUT
+SHARED_DATA = SHARED_DATA_DIR  # ../shared/data: beside the checkout on our machines and in CI
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_static_results_in_file_order(shared_data: Path, tmp_path: Path) -> None
     rows[1]["code"] = rows[1]["code"].replace(":= by", ":= by\n  sorry\n", 1)
     path = tmp_path / "three.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = check_proofs(load_proofs(path), load_problems("minif2f-valid"), None)
+    results = list(check_proofs(load_proofs(path), load_problems("minif2f-valid"), None))
     assert [(r.entry.name, r.outcome) for r in results] == [
         (rows[0]["name"], "passed_static"), (rows[1]["name"], "rejected:forbidden"), (rows[2]["name"], "passed_static")
     ], [(r.entry.name, r.outcome) for r in results]
@@ -97,3 +97,44 @@ def _write(tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name.replace('#', '_')}.jsonl"
     path.write_text(json.dumps({"name": name, "code": "theorem t : True := trivial"}) + "\n")
     return path
+
+
+def test_check_set_run_folder_refuses_resumes_and_reruns_from_its_config(shared_data: Path, tmp_path: Path) -> None:
+    rows = [json.loads(x) for x in (shared_data / "minif2f_valid_proofs.jsonl").read_text().splitlines()[:3]]
+    rows[1]["code"] = rows[1]["code"].replace(":= by", ":= by\n  sorry\n", 1)
+    proofs = tmp_path / "three.jsonl"
+    proofs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"regex": rf"theorem {rows[2]['name']}\b", "messages": [
+        {"severity": "error", "pos": {"line": 9, "column": 2}, "data": "linarith failed"}]}]}))
+    out = tmp_path / "out"
+    args = ["lean", "check-set", str(proofs), "--problems", "minif2f-valid", "--standin", str(rules),
+            "--workers", "1", "--out", str(out), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1, first.output
+    summary = json.loads(first.stdout)   # stdout: the JSON alone; progress lines went to stderr
+    assert summary["outcomes"] == {"accepted": 1, "rejected:forbidden": 1, "rejected:lean_error": 1}, summary
+    assert "progress: 3/3 proofs, 3 samples verified, 1 passed" in first.stderr, first.stderr
+
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and f"{out}: folder is not empty" in refused.stderr, refused.output
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n")   # as if stopped after the first proof
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 1, resumed.output
+    def outcomes(text: str) -> list[tuple[str, str]]:
+        return [(r["origin"], r["outcome"]) for r in map(json.loads, text.splitlines())]
+
+    assert outcomes((out / "results.jsonl").read_text()) == outcomes("\n".join(lines)), (out / "results.jsonl").read_text()
+    assert {k: v for k, v in json.loads(resumed.stdout).items() if k != "seconds"} == {
+        k: v for k, v in summary.items() if k != "seconds"}, resumed.stdout
+
+    again = runner.invoke(app, ["--config", str(out / "config.resolved.toml"), "lean", "check-set",
+                                "--out", str(tmp_path / "again"), "--json"])
+    assert again.exit_code == 1, again.output
+    assert json.loads(again.stdout)["outcomes"] == summary["outcomes"], again.stdout
+    assert json.loads(again.stdout)["backend"] == "stand-in (not Lean)", again.stdout
+    proofs.write_text(proofs.read_text() + proofs.read_text().splitlines()[0] + "\n")
+    changed = runner.invoke(app, ["--config", str(out / "config.resolved.toml"), "lean", "check-set",
+                                  "--out", str(tmp_path / "changed")])
+    assert changed.exit_code == 2 and "differs from" in changed.stderr, changed.output

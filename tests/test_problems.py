@@ -231,3 +231,33 @@ def test_hub_loader_reads_a_local_dataset_with_the_same_columns(tmp_path: Path) 
     assert [p.name for p in only_test] == ["t2"]
     with pytest.raises(ProblemSetError, match="cannot load dataset"):
         load_problems(f"hf:{tmp_path / 'nothing-here'}")
+
+
+def test_lean_file_is_read_as_lean_reads_it(tmp_path: Path) -> None:
+    """Commented-out theorems are comments (a regex over lines saw them), a `theorem` word in a
+    string is a string, helper definitions are context for the problems after them."""
+    path = tmp_path / "lexed.lean"
+    path.write_text(
+        "import Mathlib\n\n"
+        "/- theorem old (n : ℕ) : n = n := by sorry -/\n"
+        "-- theorem also_old : True := by sorry\n"
+        "def f (n : ℕ) : ℕ := n + 1\n\n"
+        "theorem uses_f : f 1 = 2 := by sorry\n\n"
+        "def g (n : ℕ) : String := \"theorem fake : False := by sorry\"\n\n"
+        "theorem uses_g : g 0 = \"theorem fake : False := by sorry\" := by\n  sorry\n",
+        encoding="utf-8")
+    problems = load_lean(path)
+    assert [p.name for p in problems] == ["uses_f", "uses_g"], problems
+    assert "def f" in problems[0].header and "def g" not in problems[0].header, problems[0].header
+    assert "def f" in problems[1].header and "def g" in problems[1].header, problems[1].header
+    assert problems[1].formal_statement == \
+        'theorem uses_g : g 0 = "theorem fake : False := by sorry" := by\n', problems[1]
+
+
+def test_lean_file_problem_inside_a_namespace_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ns.lean"
+    path.write_text("import Mathlib\n\nnamespace Foo\ntheorem t : True := by sorry\nend Foo\n",
+                    encoding="utf-8")
+    with pytest.raises(ProblemSetError) as info:
+        load_lean(path)
+    assert str(info.value).startswith("ns.lean:4: theorem 't' is inside `namespace Foo`"), str(info.value)

@@ -15,7 +15,7 @@ from policy.config import SamplingConfig
 from policy.engines import Completion, PromptResult
 from prover.cli import app
 from prover.problems import Problem, load_problems
-from prover.prove import build_prompt, candidate_from_completion, prove_whole
+from prover.prove import build_prompt, candidate_from_completion, prompt_fit, prove_whole
 
 runner = CliRunner()
 HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 0\n\nopen BigOperators Real Nat Topology Rat\n\n"
@@ -65,8 +65,8 @@ def test_prove_whole_bookkeeping_with_the_standin(tmp_path: Path) -> None:
     other = PROBLEM.model_copy(update={"name": "t2", "id": "t2",
                                        "formal_statement": "theorem t2 (a : ℕ) : a + 0 = a := by\n"})
     with Verifier(VerifierConfig(backend="standin", standin_rules=rules, workers=2)) as verifier:
-        results = prove_whole([PROBLEM, other], engine, verifier, SamplingConfig(n=4, stop=["\n\n\n"]),
-                              template="deepseek-prover-v1.5")
+        results = list(prove_whole([PROBLEM, other], engine, verifier, SamplingConfig(n=4, stop=["\n\n\n"]),
+                                   template="deepseek-prover-v1.5"))
     (prompts, sampling), = engine.calls
     assert len(prompts) == 2 and sampling.stop == ["\n\n\n", "```"], sampling
     assert [r.problem.id for r in results] == ["t1", "t2"]
@@ -126,3 +126,168 @@ def test_cli_prove_bad_input(tmp_path: Path, tiny_checkpoint: Path) -> None:
     result = runner.invoke(app, ["prove", "whole", "--problems", "minif2f-valid", "--limit", "1",
                                  "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no Lean toolchain found" in result.stderr, result.output
+
+
+def test_prompt_longer_than_the_context_is_a_per_problem_outcome(tmp_path: Path) -> None:
+    engine = ScriptedEngine(["  omega\n```"])
+    long = PROBLEM.model_copy(update={"name": "t2", "id": "t2", "informal_prefix": "/-- " + "long " * 50 + "-/\n"})
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": []}))
+    fits = prompt_fit(len, context=200)   # one "token" per character
+    with Verifier(VerifierConfig(backend="standin", standin_rules=rules, workers=1)) as verifier:
+        results = list(prove_whole([long, PROBLEM], engine, verifier, SamplingConfig(n=1), template="plain",
+                                   problems_per_batch=2, prompt_check=fits))
+    assert [(r.problem.id, r.outcome) for r in results] == [("t2", "not_checked:prompt_too_long"), ("t1", "proved")], \
+        [(r.problem.id, r.outcome, r.detail) for r in results]
+    assert results[0].detail == f"prompt of {len(build_prompt(long, 'plain'))} tokens leaves no room for a proof " \
+        "in the context of 200 tokens", results[0].detail
+    assert engine.calls[0][0] == [build_prompt(PROBLEM, "plain")], "the long prompt never reaches the engine"
+
+
+def test_prove_whole_yields_each_batch_as_it_is_verified(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": []}))
+    engine = ScriptedEngine(["  omega\n```", "  simp\n```"])
+    problems = [PROBLEM.model_copy(update={"name": f"t{i}", "id": f"t{i}", "formal_statement": PROBLEM.formal_statement
+                                           .replace("t1", f"t{i}", 1)}) for i in range(5)]
+    verified: list[int] = []
+    with Verifier(VerifierConfig(backend="standin", standin_rules=rules, workers=2)) as verifier:
+        results = prove_whole(problems, engine, verifier, SamplingConfig(n=2), template="plain",
+                              problems_per_batch=2, on_verified=verified.append)
+        first = next(results)
+        assert (first.problem.id, len(engine.calls), sum(verified)) == ("t0", 1, 4), \
+            (first.problem.id, len(engine.calls), verified)   # one batch of two problems, nothing more
+        rest = list(results)
+    assert [len(prompts) for prompts, _ in engine.calls] == [2, 2, 1], engine.calls
+    assert [r.problem.id for r in [first, *rest]] == [p.id for p in problems] and sum(verified) == 10, verified
+
+
+def _prove_args(checkpoint: Path, out: Path, rules: Path, *extra: str) -> list[str]:
+    return ["prove", "whole", "--problems", "minif2f-valid", "--model", str(checkpoint), "--engine", "transformers",
+            "--samples", "2", "--max-tokens", "8", "--out", str(out), "--standin", str(rules),
+            "--problems-per-batch", "1", *extra]
+
+
+@pytest.fixture()
+def reject_rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "reject.json"
+    rules.write_text(json.dumps({"rules": [{"regex": r"#print\s+axioms", "sleep_s": 0.1, "messages": [
+        {"severity": "error", "data": "stand-in REPL: no rule for this proof"}]}]}))
+    return rules
+
+
+def test_ctrl_c_keeps_every_finished_problem(tiny_checkpoint: Path, tmp_path: Path, reject_rules: Path,
+                                             shared_data: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    results = out / "results.jsonl"
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from prover.cli import main; main()",
+         *_prove_args(tiny_checkpoint, out, reject_rules, "--limit", "40")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # a background shell ignores SIGINT
+    deadline = time.monotonic() + 120
+    while not (results.is_file() and results.read_text().count("\n") >= 1) and process.poll() is None:
+        assert time.monotonic() < deadline, "no result written within 120 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, (process.returncode, stderr[-2000:])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert 1 <= len(rows) < 40 and all(len(r["attempts"]) == 2 for r in rows), rows
+    assert f"interrupted: {len(rows)}/40 written to {out}" in stderr.splitlines(), stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["total"], summary["complete"], summary["interrupted"]) == (
+        len(rows), 40, False, True), summary
+    assert stdout.count("not proved: ") == len(rows), stdout   # stdout: one line per written result
+
+
+def test_resume_skips_finished_problems_and_completes_the_run(tiny_checkpoint: Path, tmp_path: Path,
+                                                              reject_rules: Path, shared_data: Path) -> None:
+    out = tmp_path / "run"
+    args = _prove_args(tiny_checkpoint, out, reject_rules, "--limit", "3", "--json")
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1, first.output
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:40])   # as if killed while writing the second
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "folder is not empty" in refused.stderr, refused.output
+    assert (out / "results.jsonl").read_text().startswith(lines[0]), "a refused run writes nothing"
+    different = runner.invoke(app, [*args, "--resume", "--samples", "3"])
+    assert different.exit_code == 2 and "policy.sampling.n: 2 -> 3" in different.stderr, different.output
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 1, resumed.output
+    assert "resuming" in resumed.stderr and "1 of 3 problems already done" in resumed.stderr, resumed.stderr
+    rows = (out / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and rows[0] == lines[0], rows
+    summary = json.loads(resumed.stdout)
+    assert (summary["done"], summary["total"], summary["complete"]) == (3, 3, True), summary
+    assert summary["samples"] == {"rejected:lean_error": 6}, summary
+    forced = runner.invoke(app, [*args, "--force", "--limit", "1"])
+    assert forced.exit_code == 1 and len((out / "results.jsonl").read_text().splitlines()) == 1, forced.output
+
+
+def test_resolved_config_reruns_the_same_job(tiny_checkpoint: Path, tmp_path: Path, reject_rules: Path,
+                                             shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import tomllib
+
+    first_dir = tmp_path / "a"
+    first_dir.mkdir()
+    shutil.copy(reject_rules, first_dir / "rules.json")
+    monkeypatch.chdir(first_dir)   # relative paths on the command line: the config records absolute ones
+    first = runner.invoke(app, ["prove", "whole", "mathd_algebra_10", "amc12a_2019_p21", "--problems",
+                                str(shared_data / "minif2f.jsonl"),
+                                "--split", "valid", "--model", str(tiny_checkpoint), "--engine", "transformers",
+                                "--samples", "2", "--max-tokens", "8", "--out", "run", "--standin", "rules.json",
+                                "--json"])
+    assert first.exit_code == 1, first.output
+    json.loads(first.stdout)   # stdout is one JSON document: progress went to stderr
+    assert "progress: 2/2 problems, 4 samples verified, 0 proved" in first.stderr, first.stderr
+    written = tomllib.loads((first_dir / "run" / "config.resolved.toml").read_text())
+    job = written["run"]
+    assert (job["command"], job["problems"], job["split"], job["names"]) == (
+        "prove whole", str(shared_data / "minif2f.jsonl"), "valid", ["mathd_algebra_10", "amc12a_2019_p21"]), job
+    assert job["problems_file"].endswith("minif2f.jsonl") and len(job["problems_sha256"]) == 64, job
+    assert job["argv"] and all(isinstance(a, str) for a in job["argv"]), job   # this process's (pytest's) here
+    assert written["verifier"]["standin_rules"] == str(first_dir / "rules.json"), written["verifier"]
+    assert isinstance(written["policy"]["sampling"]["seed"], int), "a drawn seed is recorded"
+
+    monkeypatch.chdir(tmp_path)
+    again = runner.invoke(app, ["--config", str(first_dir / "run" / "config.resolved.toml"), "prove", "whole",
+                                "--out", "b", "--json"])
+    assert again.exit_code == 1, again.output
+
+    def attempts(folder: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+        rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+        return [(r["id"], [(a["candidate"], a["verdict"]["outcome"]) for a in r["attempts"]]) for r in rows]
+
+    assert attempts(tmp_path / "b") == attempts(first_dir / "run"), (attempts(tmp_path / "b"), attempts(first_dir / "run"))
+    rerun = tomllib.loads((tmp_path / "b" / "config.resolved.toml").read_text())
+    assert {k: v for k, v in rerun.items() if k not in ("output_dir", "run")} == {
+        k: v for k, v in written.items() if k not in ("output_dir", "run")}, (rerun, written)
+
+
+def test_cli_prompt_too_long_does_not_abort_the_run(tiny_checkpoint: Path, tmp_path: Path, reject_rules: Path) -> None:
+    problems = tmp_path / "two.jsonl"
+    short = {"name": "short", "split": "test", "header": "import Mathlib\n", "informal_prefix": "",
+             "formal_statement": "theorem short : True := by\n", "goal": ""}
+    long = short | {"name": "long", "informal_prefix": "/-- " + "a long comment " * 100 + "-/\n",
+                    "formal_statement": "theorem long : True := by\n"}
+    problems.write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
+    config = tmp_path / "small.toml"
+    config.write_text("[policy]\nmax_model_len = 64\n")
+    result = runner.invoke(app, ["--config", str(config), "prove", "whole", "--problems", str(problems),
+                                 "--model", str(tiny_checkpoint), "--engine", "transformers", "--samples", "1",
+                                 "--max-tokens", "4", "--out", str(tmp_path / "run"), "--standin", str(reject_rules)])
+    assert result.exit_code == 1, result.output
+    assert "NOT CHECKED: long (prompt_too_long: prompt of" in result.stdout, result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["outcomes"] == {"not_checked:prompt_too_long": 1, "not_proved": 1}, summary

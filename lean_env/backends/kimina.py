@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from lean_env.acceptance import judge, lean_command, precheck
+from lean_env.acceptance import LeanCommand, judge, lean_command, precheck
 from lean_env.config import VerifierConfig
 from lean_env.errors import LeanEnvError, PoolSaturatedError, ReplProtocolError
 from lean_env.protocol import parse_command_reply
@@ -133,9 +133,11 @@ class KiminaVerifier:
         todo = [i for i, v in enumerate(verdicts) if v is None]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
-            snippets = [(str(i), requests[i].header
-                         + lean_command(requests[i].name, requests[i].header, requests[i].candidate))
-                        for i in chunk]
+            commands = {i: lean_command(requests[i].name, requests[i].header,
+                                        requests[i].candidate, requests[i].formal_statement)
+                        for i in chunk}
+            # The header travels with each snippet, so Lean's lines are shifted by its lines.
+            snippets = [(str(i), requests[i].header + commands[i].text) for i in chunk]
             t0 = time.perf_counter()
             try:
                 results = self.check(snippets)
@@ -148,13 +150,14 @@ class KiminaVerifier:
                                              cause="infrastructure", detail=str(exc))
                 continue
             for i in chunk:
-                verdicts[i] = self._verdict(requests[i].name, results.get(str(i)))
+                verdicts[i] = self._verdict(requests[i].name, results.get(str(i)),
+                                            commands[i].shifted(requests[i].header.count("\n")))
             if progress is not None:
                 progress(len(requests) - len(todo) + start + len(chunk), len(requests))
         assert all(v is not None for v in verdicts)
         return [v for v in verdicts if v is not None]
 
-    def _verdict(self, name: str, result: dict[str, Any] | None) -> Verdict:
+    def _verdict(self, name: str, result: dict[str, Any] | None, command: LeanCommand) -> Verdict:
         if result is None:
             return NotChecked(checked_by=self.checked_by, time_s=0.0, cause="infrastructure",
                               detail="kimina-lean-server returned no result for this snippet")
@@ -170,5 +173,5 @@ class KiminaVerifier:
         except ReplProtocolError as exc:
             return NotChecked(checked_by=self.checked_by, time_s=elapsed, cause="infrastructure",
                               detail=str(exc))
-        return judge(name, parsed, allowed_axioms=self.config.allowed_axioms,
+        return judge(name, parsed, command=command, allowed_axioms=self.config.allowed_axioms,
                      checked_by=self.checked_by, time_s=elapsed)

@@ -35,7 +35,11 @@ with SIGKILL (status -9/137, like the OOM killer); `garbage` writes a non-JSON b
 
 Default behaviour (no matching rule): a command containing the word `sorry` gets one sorry
 (with a proof state) and the "declaration uses 'sorry'" warning, and `#print axioms` lists
-`sorryAx`; anything else is accepted with no messages and the three standard axioms. A
+`sorryAx`; anything else is accepted with no messages and the three standard axioms.
+`#print axioms X` is answered at its own line. The verifier's statement check (`example :
+P := @_root_.NAME`, one line) is an error at its line unless `NAME` is declared in the same
+command with a signature that reads as `P` (whitespace ignored): a string comparison standing
+in for Lean's type check. Rule messages are added to all of this. A
 tactic closes the goal (`Completed`), unless it is `sorry` (`Incomplete: contains sorry`).
 
 Parsing uses only the standard library: every stand-in process pays for its imports at

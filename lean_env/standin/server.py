@@ -23,7 +23,10 @@ from lean_env.standin.rules import Rule, RuleTable
 STANDARD_AXIOMS = ("propext", "Classical.choice", "Quot.sound")
 _SORRY = re.compile(r"\bsorry\b")
 _IMPORT = re.compile(r"^\s*import\s", re.MULTILINE)
-_PRINT_AXIOMS = re.compile(r"^[ \t]*#print\s+axioms\s+(\S+)", re.MULTILINE)
+_PRINT_AXIOMS = re.compile(r"^[ \t]*#print\s+axioms\s+(?:_root_\.)?(\S+)", re.MULTILINE)
+# The verifier's statement check: `example : PROPOSITION := @_root_.NAME` on one line.
+_STATEMENT_CHECK = re.compile(r"^example : (?P<prop>.*) := @_root_\.(?P<name>\S+)[ \t]*$",
+                              re.MULTILINE)
 _DECLARATION = re.compile(r"\b(theorem|lemma|example|def|instance)\b")
 _STATEMENT = re.compile(r"\b(?:theorem|lemma)\s+\S+\s*(.*?)\s*:=", re.DOTALL)
 
@@ -32,6 +35,46 @@ def _position(text: str, offset: int) -> dict[str, int]:
     """REPL positions: 1-based line, 0-based column (in characters)."""
     line = text.count("\n", 0, offset) + 1
     return {"line": line, "column": offset - (text.rfind("\n", 0, offset) + 1)}
+
+
+def _as_proposition(signature: str) -> str:
+    """`(a : ℕ) (h : P) : Q` -> `∀ (a : ℕ) (h : P), Q`: what Lean's type of the constant is,
+    written the way the verifier's statement check writes the problem's statement."""
+    depth = 0
+    for i, ch in enumerate(signature):
+        if ch in "([{⦃⟨":
+            depth += 1
+        elif ch in ")]}⦄⟩":
+            depth -= 1
+        elif ch == ":" and depth == 0 and not signature.startswith(":=", i):
+            binders, conclusion = signature[:i].strip(), signature[i + 1:].strip()
+            return f"∀ {binders}, {conclusion}" if binders else conclusion
+    return signature.strip()
+
+
+def _statement_check(text: str) -> list[dict[str, Any]]:
+    """Errors Lean would report for `example : P := @_root_.NAME`: the stand-in's stand-in for
+    elaboration is comparing P with NAME's declared signature, whitespace ignored."""
+    errors = []
+    for check in _STATEMENT_CHECK.finditer(text):
+        name = check["name"].replace("«", "").replace("»", "")
+        pos = _position(text, check.start())
+        decl = re.search(r"^(?:theorem|lemma|def)\s+«?" + re.escape(name) + r"»?\s(?P<sig>.*?):=",
+                         text, re.MULTILINE | re.DOTALL)
+        # Inside `namespace X` the constant is `X.NAME`, not `_root_.NAME`.
+        opened = len(re.findall(r"^namespace\s", text[:decl.start()], re.MULTILINE)) if decl else 0
+        closed = len(re.findall(r"^end\s+\S", text[:decl.start()], re.MULTILINE)) if decl else 0
+        if decl is None or opened > closed:
+            errors.append({"severity": "error", "pos": pos, "endPos": pos,
+                           "data": f"unknown identifier '_root_.{name}'"})
+            continue
+        signature = re.sub(r"--[^\n]*", "", decl["sig"])
+        have, want = _as_proposition(signature), check["prop"]
+        if "".join(have.split()) != "".join(want.split()):
+            errors.append({"severity": "error", "pos": pos, "endPos": pos,
+                           "data": f"type mismatch\n  @{name}\nhas type\n  {have} : Prop\n"
+                                   f"but is expected to have type\n  {want} : Prop"})
+    return errors
 
 
 def _conclusion(signature: str) -> str:
@@ -171,6 +214,7 @@ class StandinRepl:
                                      "beginning of the file"})
         if rule is not None:
             messages.extend(rule.messages)
+        messages.extend(_statement_check(text))
         sorries = self._sorries(text, rule)
         uses_sorry = bool(sorries) or fault == "sorry_warning_without_sorries"
         if uses_sorry:

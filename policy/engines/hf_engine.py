@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -18,7 +19,9 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    PreTrainedModel,
 )
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from policy.config import PolicyConfig, SamplingConfig
 from policy.engines.base import (
@@ -71,7 +74,14 @@ class HFEngine(GenerationEngine):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = getattr(torch, resolve_dtype(config.dtype, self.device.type == "cuda"))
         self.tokenizer = load_tokenizer(config.tokenizer or self.checkpoint)
-        self.model = self._load(self.checkpoint).to(self.device).eval()
+        self._model: PreTrainedModel | None = self._load(self.checkpoint)
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is not None and config.max_model_len > context:  # vLLM refuses this too
+            raise ValueError(
+                f"max_model_len={config.max_model_len} exceeds the context of {self.checkpoint} "
+                f"(max_position_embeddings={context})"
+            )
+        self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' decorated `to` hides Module.to's signature
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {self.tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
         self.eos_ids.discard(None)
@@ -80,9 +90,18 @@ class HFEngine(GenerationEngine):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
 
-    def _load(self, folder: Path) -> torch.nn.Module:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=self.dtype, local_files_only=True, output_loading_info=True
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            raise RuntimeError("the transformers engine is closed")
+        return self._model
+
+    def _load(self, folder: Path) -> PreTrainedModel:
+        model, info = cast(
+            tuple[PreTrainedModel, dict[str, Any]],
+            AutoModelForCausalLM.from_pretrained(
+                folder, dtype=self.dtype, local_files_only=True, output_loading_info=True
+            ),
         )
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])
@@ -138,7 +157,8 @@ class HFEngine(GenerationEngine):
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(
+            # `generate` comes from GenerationMixin, which PreTrainedModel's type does not show.
+            out: GenerateDecoderOnlyOutput = cast(Any, self.model).generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
                 generation_config=generation_config,
@@ -180,7 +200,7 @@ class HFEngine(GenerationEngine):
         )
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def load_weights(self, weights: WeightsSource) -> None:
         """Tensors named as in `model.state_dict()` go straight into `load_state_dict`; a
@@ -195,8 +215,8 @@ class HFEngine(GenerationEngine):
         self.model.load_state_dict(state, strict=True)
 
     def close(self) -> None:
-        if getattr(self, "model", None) is None:
+        if getattr(self, "_model", None) is None:
             return
-        self.model = None
+        self._model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

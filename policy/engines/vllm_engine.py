@@ -7,6 +7,11 @@ safetensors into a folder and every worker reloads them in place
 processing (e.g. MLA's absorbed W_UK/W_UV; and, repaired here, the CPU MoE prepacking). Writing single tensors through the model's
 `load_weights` after start-up bypasses that processing and corrupts MLA weights.
 
+Log-probabilities: the engine asks vLLM for `logprobs_mode="raw_logprobs"` (vLLM's
+`ModelConfig.logprobs_mode`: log-softmax of the raw logits, before temperature, top-p and any
+logits processor) and `logprobs=0` (the sampled token's own logprob only), the quantity
+`policy.engines.base` promises and a GRPO learner recomputes for its importance ratio.
+
 vLLM starts worker processes with spawn: a script that creates this engine needs the
 `if __name__ == "__main__":` guard.
 """
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm import LLM, SamplingParams
+from vllm.logprobs import SampleLogprobs
 from vllm.platforms import current_platform
 
 from policy.config import PolicyConfig, SamplingConfig
@@ -32,6 +38,10 @@ from policy.engines.base import (
 
 # KV cache on CPU when `PolicyConfig.kv_cache_gib` is None (see its description).
 CPU_KV_CACHE_GIB = 2.0
+# What vLLM reports as a token's logprob: log-softmax of the model's raw logits (temperature 1,
+# before top-p/top-k and processors), as `GenerationEngine` promises. vLLM 0.32's default, but a
+# default can change and a learner's importance ratios silently with it, so it is asked for.
+LOGPROBS_MODE = "raw_logprobs"
 
 
 class WeightReloadExtension:
@@ -79,6 +89,20 @@ def _cpu_moe_layers(model: Any) -> list[tuple[Any, str]]:
     return layers
 
 
+def _sampled_token_logprobs(token_ids: Sequence[int], steps: SampleLogprobs | None) -> tuple[float, ...]:
+    """Each sampled token's logprob, read from vLLM's per-position {token id: Logprob} tables;
+    an error (not a shorter tuple) when vLLM left a position out."""
+    if steps is None or len(steps) != len(token_ids):
+        got = "none" if steps is None else len(steps)
+        raise RuntimeError(f"vLLM returned {got} logprob positions for {len(token_ids)} sampled tokens")
+    logprobs = []
+    for position, (step, token) in enumerate(zip(steps, token_ids, strict=True)):
+        if step is None or token not in step:
+            raise RuntimeError(f"vLLM returned no logprob for sampled token {token} at position {position}")
+        logprobs.append(step[token].logprob)
+    return tuple(logprobs)
+
+
 class VLLMEngine(GenerationEngine):
     """vLLM engine over one checkpoint folder (config.json, safetensors, tokenizer files)."""
 
@@ -94,6 +118,7 @@ class VLLMEngine(GenerationEngine):
             "dtype": resolve_dtype(config.dtype, on_gpu),
             "max_model_len": config.max_model_len,
             "enforce_eager": config.enforce_eager,
+            "logprobs_mode": LOGPROBS_MODE,
             "worker_extension_cls": f"{__name__}.WeightReloadExtension",
         }
         if not on_gpu:
@@ -134,9 +159,7 @@ class VLLMEngine(GenerationEngine):
                     Completion(
                         text=c.text,
                         token_ids=tuple(c.token_ids),
-                        logprobs=tuple(
-                            step[token].logprob for step, token in zip(c.logprobs or [], c.token_ids, strict=True)
-                        ),
+                        logprobs=_sampled_token_logprobs(c.token_ids, c.logprobs),
                         finish_reason=str(c.finish_reason or "length"),
                     )
                     for c in out.outputs

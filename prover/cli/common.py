@@ -15,13 +15,15 @@ from rich.console import Console
 
 from prover.errors import UserError
 
-__all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_USAGE", "JsonFlag", "UserError", "config_from_context",
-           "console", "err_console", "fail", "print_json"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED", "EXIT_USAGE", "JsonFlag",
+           "UserError", "config_from_context", "console", "err_console", "fail", "print_json"]
 
 # Exit codes shared by all commands.
 EXIT_OK = 0
 EXIT_REJECTED = 1   # the command ran; the answer is "no" (e.g. a proof was rejected)
 EXIT_USAGE = 2      # bad input: unreadable file, unknown name, invalid option
+EXIT_NOT_CHECKED = 3     # could not check: infrastructure (no REPL, a kimina server down)
+EXIT_INTERRUPTED = 130   # Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention)
 
 
 JsonFlag = Annotated[

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from prover.cli.common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REJECTED,
     JsonFlag,
@@ -127,7 +128,7 @@ def open_verifier(config: Any, standin: Path | None) -> Any:
 
     if standin is not None:
         config = config.model_copy(update={"backend": "standin", "standin_rules": standin})
-    elif config.backend == "standin":
+    elif config.backend == "standin" and config.standin_rules is None:   # a resolved config names its table
         raise UserError("verifier.backend 'standin' is the test double; name its rule table with --standin")
     try:
         return make_verifier(config)
@@ -226,11 +227,12 @@ def _print_human(name: str, verdict: Any, *, static: bool, label: str | None) ->
 @app.command("check-set")
 def check_set(
     ctx: typer.Context,
-    proofs: Annotated[Path, typer.Argument(help="jsonl file, one proof a line: {\"name\": ..., "
-                                           "\"code\": whole Lean file or theorem + proof}.")],
-    problems: Annotated[str, typer.Option(
+    proofs: Annotated[Path | None, typer.Argument(
+        help="jsonl file, one proof a line: {\"name\": ..., \"code\": whole Lean file or theorem + proof} "
+        "(default: run.proofs of --config).")] = None,
+    problems: Annotated[str | None, typer.Option(
         "--problems", help="Problem set the proofs belong to: a .jsonl/.lean path or a suite "
-        "name (minif2f-valid, ...).")],
+        "name (minif2f-valid, ...); default: run.problems of --config.")] = None,
     static: Annotated[bool, typer.Option(
         "--static", help="Only the checks that need no Lean. Says clearly that Lean did not run.")] = False,
     timeout: Annotated[float | None, typer.Option(
@@ -238,48 +240,69 @@ def check_set(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="REPL processes (default: verifier.workers of the config).")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Write results.jsonl, summary.json and config.resolved.toml into this folder.",
-        file_okay=False)] = None,
+        "--out", help="Run folder: results.jsonl (appended as proofs are checked), summary.json and "
+        "config.resolved.toml.", file_okay=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out (its run files are removed).")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out: proofs already in results.jsonl are skipped (the config must match).")] = False,
     standin: Annotated[Path | None, typer.Option(
         "--standin", help="TEST DOUBLE: check with the stand-in REPL and this rule table "
         "instead of Lean. Its verdicts are not Lean's.", hidden=True)] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Check every proof of a jsonl file against its problem: a table of outcomes, the failures,
-    and with --out the per-proof results. Exit 0 if all passed, 1 if any failed, 2 bad input."""
-    import json
+    and with --out the per-proof results. Exit 0 if all passed, 1 if any failed, 2 bad input,
+    130 interrupted (what was checked is kept; --resume continues)."""
+    import sys
+    from contextlib import nullcontext
 
     from rich.markup import escape
-    from rich.progress import Progress
     from rich.table import Table
 
-    from prover.checking import STATIC_LABEL, check_proofs, load_proofs, summarize_results
-    from prover.config import write_resolved_config
-    from prover.problems import load_problems
+    from prover.checking import STATIC_LABEL, check_proofs, load_proofs, summarize_records
+    from prover.problems import load_problems, resolve_source, sha256_of
+    from prover.runs import RunDir, RunInterrupted, check_pinned
 
+    run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers,
+                                           "output_dir": out})
+    run = RunDir.prepare(out, key="origin", force=force, resume=resume)   # before any work
+    job = run_config.run   # flags first, then the [run] section of --config (a resolved config re-runs its job)
+    proofs = proofs if proofs is not None else (Path(job.proofs) if job.proofs else None)
+    problems = problems or job.problems
+    static = static or job.static
+    if proofs is None or problems is None:
+        raise UserError("check-set needs a PROOFS.jsonl file and --problems SET (or a --config naming them)")
     entries = load_proofs(proofs)
+    proofs_sha256 = sha256_of(proofs)
+    check_pinned("proofs file", str(proofs), proofs_sha256, job.proofs, job.proofs_sha256)
+    resolved = resolve_source(problems)
+    check_pinned("--problems", problems, resolved.sha256, job.problems, job.problems_sha256)
     problem_set = load_problems(problems)
-    run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers})
     verifier = None if static else open_verifier(run_config.verifier, standin)
     checked_by = STATIC_LABEL if verifier is None else verifier.checked_by
-    label = STANDIN_LABEL if standin is not None else None
-    with Progress(console=err_console, transient=True, disable=as_json) as bar:
-        task = bar.add_task(f"checking {len(entries)} proofs", total=len(entries))
-        results = check_proofs(entries, problem_set, verifier,
-                               progress=lambda done, total: bar.update(task, completed=done))
-    summary = summarize_results(results, checked_by=checked_by)
-    summary.update({"proofs": str(proofs), "problems": problems, "static": verifier is None})
-    if label:
-        summary["backend"] = label
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "results.jsonl").open("w", encoding="utf-8") as fh:
-            for r in results:
-                fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        if verifier is not None:   # what actually ran (backend, REPL command) rather than the defaults
-            run_config = run_config.model_copy(update={"verifier": verifier.config})
-        write_resolved_config(run_config, out)
+    label = STANDIN_LABEL if verifier is not None and verifier.config.backend == "standin" else None
+    if verifier is not None:   # what actually ran (backend, REPL command) rather than the defaults
+        run_config = run_config.model_copy(update={"verifier": verifier.config})
+    run_config = run_config.model_copy(update={"run": job.model_copy(update={
+        "command": "lean check-set", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]], "proofs": str(proofs),
+        "proofs_sha256": proofs_sha256, "problems": problems, "problems_file": resolved.location,
+        "problems_sha256": resolved.sha256, "static": static})})
+    todo = [e for e in entries if e.origin not in run.done_keys]   # --resume: the rest
+    results = check_proofs(todo, problem_set, verifier,   # matches every proof first (exit 2 on unknown names)
+                           batch_size=4 * run_config.verifier.workers, on_verified=run.verified)
+    run.begin(run_config, total=len(entries), summarize=summarize_records, succeeded=lambda r: bool(r["passed"]),
+              unit="proofs", success_word="passed",
+              extra={"checked_by": checked_by, "proofs": str(proofs), "problems": problems,
+                     "static": verifier is None} | ({"backend": label} if label else {}))
+    try:
+        with run, verifier if verifier is not None else nullcontext():
+            for result in results:
+                run.append(result.to_json())
+    except RunInterrupted as stop:
+        err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    summary = run.summary
+    assert summary is not None
     if as_json:
         print_json(summary)
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lean_env.acceptance import judge, lean_command, precheck, statement_text
+from lean_env.acceptance import LeanCommand, judge, lean_command, precheck, statement_text
 from lean_env.protocol import CommandResponse, ErrorReply, Sorry, parse_command_reply
 from lean_env.verdict import Accepted, LeanMessage, NotChecked, Rejected, RejectReason
 
@@ -61,9 +61,14 @@ def test_released_minif2f_proofs_pass_except_the_two_corrected_statements(shared
 def test_released_proofs_become_header_free_commands(shared_data: Path) -> None:
     problems, proofs = _load(shared_data)
     for row in proofs[:40]:
-        cmd = lean_command(row["name"], problems[row["name"]]["header"], row["code"])
+        p = problems[row["name"]]
+        command = lean_command(row["name"], p["header"], row["code"], p["formal_statement"])
+        cmd = command.text
         assert "import" not in cmd.split("theorem")[0], cmd[:300]
-        assert cmd.endswith(f"\n\n#print axioms {row['name']}\n"), cmd[-200:]
+        lines = cmd.splitlines()
+        assert lines[command.axioms_line - 1] == f"#print axioms _root_.{row['name']}", cmd[-300:]
+        assert lines[command.statement_line - 1].startswith("example : "), cmd[-300:]
+        assert lines[command.statement_line - 1].endswith(f":= @_root_.{row['name']}"), cmd[-300:]
         # Line numbers are kept: the theorem sits on the same line as in the file.
         line_in_file = row["code"][: row["code"].index("theorem ")].count("\n")
         assert cmd[: cmd.index("theorem ")].count("\n") == line_in_file, row["name"]
@@ -242,18 +247,35 @@ def test_no_code_is_not_checked(candidate: str) -> None:
     assert isinstance(verdict, NotChecked) and verdict.cause == "no_code", verdict
 
 
-def test_lean_command_strips_header_and_appends_axioms() -> None:
+def test_lean_command_strips_header_and_appends_the_checks() -> None:
     file = HEADER + "set_option maxHeartbeats 400000\n" + PROOF
-    cmd = lean_command("t", HEADER, file)
+    command = lean_command("t", HEADER, file, STATEMENT)
+    cmd = command.text
     assert "import" not in cmd and "open BigOperators" not in cmd, cmd
     assert "set_option maxHeartbeats 400000" in cmd, cmd    # not in the header: kept
-    assert cmd.endswith("  omega\n\n#print axioms t\n"), cmd
     lines_before = cmd.count("\n", 0, cmd.index("theorem t"))
     assert lines_before == file.count("\n", 0, file.index("theorem t")), cmd
-    assert lean_command("t", HEADER, PROOF) == PROOF.rstrip() + "\n\n#print axioms t\n"
+    bare = lean_command("t", HEADER, PROOF, STATEMENT)
+    assert bare.text == (PROOF.rstrip() + "\n\n#print axioms _root_.t\n\n"
+                         "example : ∀ (a b : ℕ) (h₀ : a = 2), a + b = b + a := @_root_.t\n"), bare
+    assert (bare.axioms_line, bare.statement_line) == (4, 6), bare
+
+
+def test_statement_check_is_built_from_the_problem_not_the_candidate() -> None:
+    # The candidate's own (different) statement never reaches the appended example.
+    weakened = PROOF.replace("a + b = b + a", "True")
+    command = lean_command("t", HEADER, weakened, STATEMENT)
+    assert command.text.splitlines()[command.statement_line - 1] == \
+        "example : ∀ (a b : ℕ) (h₀ : a = 2), a + b = b + a := @_root_.t", command.text
+    no_binders = lean_command("u", HEADER, "theorem u : 1 + 1 = 2 := by norm_num",
+                              "theorem u : 1 + 1 = 2 := by\n")
+    assert no_binders.text.splitlines()[-1] == "example : 1 + 1 = 2 := @_root_.u", no_binders
 
 
 # --- judge: every reply shape of REPL_PROTOCOL.md -------------------------------------------
+
+COMMAND = LeanCommand("(candidate)", axioms_line=12, statement_line=14)
+
 
 def _info(text: str, line: int = 12) -> dict:
     return {"severity": "info", "pos": {"line": line, "column": 0},
@@ -266,7 +288,7 @@ AX_OK = _info("'t' depends on axioms: [propext, Classical.choice, Quot.sound]")
 def _judge(reply: dict | ErrorReply) -> Accepted | Rejected:
     response = reply if isinstance(reply, ErrorReply) else parse_command_reply(reply)
     assert not isinstance(response, ErrorReply) or isinstance(reply, ErrorReply), response
-    return judge("t", response, allowed_axioms=STANDARD, checked_by=BY, time_s=0.5)
+    return judge("t", response, command=COMMAND, allowed_axioms=STANDARD, checked_by=BY, time_s=0.5)
 
 
 def test_judge_accepts_clean_reply_with_standard_axioms() -> None:
@@ -298,13 +320,29 @@ def test_judge_accepts_clean_reply_with_standard_axioms() -> None:
     ({"env": 3, "messages": [_info("'t' depends on axioms: [cheat]")]}, RejectReason.AXIOMS),
     ({"env": 3}, RejectReason.AXIOMS),                                     # no axioms line
     ({"env": 3, "messages": [_info("'u' does not depend on any axioms")]}, RejectReason.AXIOMS),
-    ({"env": 3, "messages": [_info("'t' does not depend on any axioms", 2), AX_OK,
-                             _info("'t' depends on axioms: [cheat]", 13)]}, RejectReason.AXIOMS),
+    # Only the answer at the appended `#print axioms` line counts: a candidate's `trace` or
+    # `logInfo` elsewhere cannot stand in for a real answer that never came (`#exit`, a file
+    # ending inside a namespace).
+    ({"env": 3, "messages": [_info("'t' does not depend on any axioms", 2),
+                             _info("'t' depends on axioms: [propext]", 13)]}, RejectReason.AXIOMS),
+    ({"env": 3, "messages": [_info("'t' does not depend on any axioms", 12), AX_OK]},
+     RejectReason.AXIOMS),
+    # An error at the statement check's line: the proved constant's type is not the problem's.
+    ({"env": 3, "messages": [AX_OK, {"severity": "error", "pos": {"line": 14, "column": 0},
+                                     "data": "type mismatch\n  @t"}]},
+     RejectReason.STATEMENT_MISMATCH),
 ])
 def test_judge_rejections(reply: dict, reason: RejectReason) -> None:
     verdict = _judge(reply)
     assert isinstance(verdict, Rejected) and verdict.reason is reason, verdict
     assert verdict.detail, verdict
+
+
+def test_judge_ignores_forged_answers_beside_the_real_one() -> None:
+    verdict = _judge({"env": 3, "messages": [_info("'t' does not depend on any axioms", 2), AX_OK,
+                                             _info("'t' depends on axioms: [cheat]", 13)]})
+    assert isinstance(verdict, Accepted) and verdict.axioms == STANDARD, verdict
+    assert [m.line for m in verdict.messages] == [2, 13], verdict.messages
 
 
 def test_judge_error_reply_is_lean_error() -> None:
@@ -315,8 +353,8 @@ def test_judge_error_reply_is_lean_error() -> None:
 
 def test_judge_sorry_from_values() -> None:
     response = CommandResponse(env=1, sorries=(Sorry(line=2, column=4, goal="⊢ False", proof_state=0),),
-                               messages=(LeanMessage("info", AX_OK["data"]),))
-    verdict = judge("t", response, allowed_axioms=STANDARD, checked_by=BY, time_s=0.0)
+                               messages=(LeanMessage("info", AX_OK["data"], line=12),))
+    verdict = judge("t", response, command=COMMAND, allowed_axioms=STANDARD, checked_by=BY, time_s=0.0)
     assert isinstance(verdict, Rejected) and verdict.reason is RejectReason.SORRY, verdict
     assert "2:4" in verdict.detail, verdict
 

@@ -58,7 +58,9 @@ class _KiminaDouble(BaseHTTPRequestHandler):
         results = []
         for snippet in body["snippets"]:
             code, sid = snippet["code"], snippet["id"]
-            name = re.search(r"#print axioms (\S+)", code).group(1)
+            found = re.search(r"^#print axioms (?:_root_\.)?(\S+)", code, re.MULTILINE)
+            name = found.group(1)
+            axioms_line = code.count("\n", 0, found.start()) + 1   # Lean answers at the command
             if "sleepy" in code:
                 time.sleep(2.0)
             if "slow_" in code:
@@ -71,7 +73,7 @@ class _KiminaDouble(BaseHTTPRequestHandler):
                                  "data": "linarith failed to find a contradiction"})
             if "trust_me" in code:
                 axioms += ", Lean.ofReduceBool"
-            messages.append({"severity": "info", "pos": {"line": 11, "column": 0},
+            messages.append({"severity": "info", "pos": {"line": axioms_line, "column": 0},
                              "data": f"'{name}' depends on axioms: [{axioms}]"})
             results.append({"id": sid, "time": 0.25, "response": {"env": 0, "messages": messages}})
         self._send(200, results)
@@ -122,7 +124,7 @@ def test_kimina_batch_verdicts_go_through_precheck_and_judge(kimina: tuple[str, 
     sent = state["requests"][0]
     assert sent["timeout"] == 20 and sent["reuse"] is True and len(sent["snippets"]) == 4, sent
     code = sent["snippets"][0]["code"]
-    assert code.startswith("import Mathlib") and code.endswith("#print axioms good\n"), code
+    assert code.startswith("import Mathlib") and code.endswith("example : ∀ (a b : ℕ), a + b = b + a := @_root_.good\n"), code
 
 
 def test_kimina_backs_off_on_429_then_succeeds(kimina: tuple[str, dict]) -> None:

@@ -178,3 +178,55 @@ def test_real_lean_verdicts(lean_command):
         verdicts[1]
     assert isinstance(verdicts[2], TimedOut), verdicts[2]
     assert "stand-in" not in verdicts[0].checked_by, verdicts[0].checked_by
+
+
+# --- the Lean layer on its own: what the appended commands catch, through the REPL protocol ------
+
+def _lean_layer(sim, name: str, candidate: str, statement: str):
+    """Send `lean_command` to one stand-in REPL and judge the reply, skipping the static layer
+    (as if it had missed something): the Lean layer must decide on its own."""
+    from lean_env.acceptance import judge, lean_command
+    from lean_env.repl import ReplProcess
+
+    command = lean_command(name, MINIF2F_HEADER, candidate, statement)
+    with ReplProcess(sim.argv, memory_limit_mb=1024, checked_by=CHECKED_BY) as repl:
+        env = repl.command(MINIF2F_HEADER, timeout_s=10)
+        reply = repl.command(command.text, env=env.env, timeout_s=10)
+    return judge(name, reply, command=command, allowed_axioms=STANDARD, checked_by=CHECKED_BY,
+                 time_s=0.0)
+
+
+def test_lean_layer_rejects_a_changed_statement_the_static_layer_missed(make_standin):
+    sim = make_standin({"rules": []})
+    good = _lean_layer(sim, "s", MINIF2F_HEADER + _statement("s") + "  omega\n", _statement("s"))
+    assert isinstance(good, Accepted) and good.layers == ("static", "repl"), good
+    weakened = MINIF2F_HEADER + "theorem s (a b : ℕ) : a + b = a + b := by\n  rfl\n"
+    verdict = _lean_layer(sim, "s", weakened, _statement("s"))
+    assert isinstance(verdict, Rejected) and verdict.reason is RejectReason.STATEMENT_MISMATCH, verdict
+    assert "type mismatch" in verdict.detail, verdict.detail
+    # The theorem declared only inside a namespace: `_root_.s` does not exist.
+    nested = MINIF2F_HEADER + "namespace X\n" + _statement("s") + "  omega\nend X\n"
+    verdict = _lean_layer(sim, "s", nested, _statement("s"))
+    assert isinstance(verdict, Rejected) and verdict.reason is RejectReason.STATEMENT_MISMATCH, verdict
+
+
+def test_lean_layer_ignores_a_forged_axioms_line(make_standin):
+    # The candidate prints a clean axioms line from inside its proof (a `trace`); the real
+    # `#print axioms` reports sorryAx. Only the answer at the appended line counts.
+    forged = {"severity": "info", "pos": {"line": 9, "column": 2},
+              "data": "'f' does not depend on any axioms"}
+    sim = make_standin({"rules": [{"substring": "forge_here", "messages": [forged],
+                                   "axioms": ["sorryAx"]}]})
+    candidate = MINIF2F_HEADER + _statement("f") + "  forge_here\n  omega\n"
+    verdict = _lean_layer(sim, "f", candidate, _statement("f"))
+    assert isinstance(verdict, Rejected) and verdict.reason is RejectReason.SORRY, verdict
+
+
+def test_verdicts_name_their_layers(make_standin):
+    sim = make_standin("basic.json")
+    with Verifier(_standin_config(sim.rules_path, workers=1), command=sim.argv) as verifier:
+        accepted, static = verifier.verify_batch([
+            _request("ok_2"), _request("cheat_2", proof="  sorry\n")])
+    assert accepted.layers == ("static", "repl"), accepted
+    assert static.layers == ("static",) and static.outcome == "rejected:forbidden", static
+    assert accepted.to_json()["layers"] == ["static", "repl"], accepted.to_json()

@@ -12,8 +12,9 @@ import torch
 
 from policy.model import ATTENTION_KERNELS, Gate, ModelArgs, Transformer, attention
 from policy.moe import native_grouped_mm_supported, routed_experts_grouped, routed_experts_loop
-from policy.parallelize import SpeedConfig, parallelize, time_attention_kernels
+from policy.parallelize import SpeedConfig, parallelize
 from policy.presets import PRESETS
+from policy.profiling import time_attention_kernels
 from tests.policy.test_moe import _experts, _forward_backward, _routing
 
 pytestmark = [

@@ -159,6 +159,13 @@ def test_hf_context_length_caps_completion(llama_dir: Path) -> None:
             engine.generate([prompt + PROMPTS[0]], GREEDY)
 
 
+def test_hf_context_longer_than_the_model_is_refused(llama_dir: Path) -> None:
+    config = PolicyConfig(checkpoint=str(llama_dir), engine="transformers", max_model_len=512)
+    with pytest.raises(ValueError) as info:
+        make_engine(config)
+    assert "max_model_len=512 exceeds" in str(info.value) and "max_position_embeddings=256" in str(info.value), str(info.value)
+
+
 def test_make_engine_needs_a_checkpoint() -> None:
     with pytest.raises(ValueError, match="checkpoint is not set"):
         make_engine(PolicyConfig(engine="transformers"))
@@ -247,6 +254,66 @@ def test_greedy_vllm_agrees_with_transformers(vllm_engine, hf_deepseek, peaked_s
         assert vc.token_ids == hc.token_ids, f"vLLM {vc.token_ids}\nHF   {hc.token_ids}"
         worst = max(abs(a - b) for a, b in zip(vc.logprobs, hc.logprobs, strict=True))
         assert worst < 1e-3, f"logprobs differ by {worst:.2e}: {vc.logprobs} vs {hc.logprobs}"
+
+
+@pytest.mark.slow  # importing vLLM alone takes seconds
+def test_vllm_missing_logprob_is_an_error_not_a_shorter_tuple() -> None:
+    pytest.importorskip("vllm")
+    from vllm.logprobs import Logprob
+
+    from policy.engines.vllm_engine import _sampled_token_logprobs
+
+    steps = [{5: Logprob(-0.5), 6: Logprob(-2.0)}, {7: Logprob(-1.25)}]
+    got = _sampled_token_logprobs([5, 7], steps)
+    assert got == (-0.5, -1.25), got
+    with pytest.raises(RuntimeError, match="no logprob for sampled token 9 at position 1"):
+        _sampled_token_logprobs([5, 9], steps)
+    with pytest.raises(RuntimeError, match="returned none logprob positions for 2 sampled tokens"):
+        _sampled_token_logprobs([5, 7], None)
+    with pytest.raises(RuntimeError, match="returned 2 logprob positions for 3 sampled tokens"):
+        _sampled_token_logprobs([5, 7, 8], steps)
+
+
+@pytest.mark.slow
+def test_vllm_logprobs_are_raw_logprobs_of_sampled_tokens(
+    vllm_engine, init_dir: Path, init_state, tmp_path: Path
+) -> None:
+    """Sampling at temperature 0.7 / top-p 0.9, vLLM still reports log p of each sampled token
+    under the model's own distribution (raw logits, temperature 1, before top-p): the value a
+    GRPO learner recomputes with our `Transformer`, here one forward pass over prompt +
+    completion of the same weights."""
+    from policy.checkpoint import load_pretrained
+
+    # A head scaled 8x: peaked enough that temperature 0.7 visibly changes the logprobs (checked
+    # below, so the comparison can tell raw from processed), flat enough that top-p leaves
+    # several candidates to sample from.
+    folder = tmp_path / "moderate"
+    shutil.copytree(init_dir, folder)
+    state = _peaked(init_state, "lm_head.weight", 8.0)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    vllm_engine.load_weights(folder)
+    model = load_pretrained(folder, dtype=torch.float32).eval()
+    sampling = SamplingConfig(n=4, temperature=0.7, top_p=0.9, max_tokens=12, seed=11)
+    worst, tempered_gap, tokens = 0.0, 0.0, 0
+    for r in vllm_engine.generate(PROMPTS, sampling):
+        for c in r.completions:
+            with torch.no_grad():
+                logits = model(torch.tensor([r.prompt_token_ids + c.token_ids]))[0].float()
+            start = len(r.prompt_token_ids) - 1  # logits at t predict token t+1
+            steps = logits[start : start + len(c.token_ids)]
+            chosen = torch.tensor(c.token_ids)[:, None]
+            raw = torch.log_softmax(steps, dim=-1).gather(1, chosen).squeeze(1)
+            tempered = torch.log_softmax(steps / sampling.temperature, dim=-1).gather(1, chosen).squeeze(1)
+            got = torch.tensor(c.logprobs)
+            assert torch.allclose(got, raw, atol=1e-3), f"vLLM {got.tolist()}\nforward {raw.tolist()}"
+            worst = max(worst, float((got - raw).abs().max()))
+            tempered_gap = max(tempered_gap, float((tempered - raw).abs().max()))
+            tokens += len(c.token_ids)
+    assert tokens > 0, "no token sampled"
+    assert tempered_gap > 0.05, (
+        f"temperature changes no logprob by more than {tempered_gap:.3g}: the weights cannot tell "
+        f"raw from processed logprobs (largest vLLM-forward difference {worst:.2e})"
+    )
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""benchmarks/engines.py end to end on the transformers engine: the script runs as a user runs
-it (a subprocess, fresh `tiny` checkpoint, miniF2F prompts) and writes a complete JSON report."""
+"""benchmarks.engines end to end on the transformers engine: the module runs as a user runs
+it (`python -m benchmarks.engines` in a subprocess, fresh `tiny` checkpoint, miniF2F prompts) and writes a complete JSON report."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPT = REPO_ROOT / "benchmarks" / "engines.py"
-
 
 @pytest.mark.slow
 def test_transformers_row_reports_throughput(shared_data: Path, tmp_path: Path) -> None:
@@ -22,9 +20,9 @@ def test_transformers_row_reports_throughput(shared_data: Path, tmp_path: Path) 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "VLLM_NO_USAGE_STATS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--engines", "transformers", "--prompts", "1",
+        [sys.executable, "-m", "benchmarks.engines", "--engines", "transformers", "--prompts", "1",
          "--samples", "2", "--max-tokens", "8", "--repeats", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     report = json.loads(out.read_text())

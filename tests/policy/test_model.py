@@ -276,12 +276,23 @@ def test_bfloat16_model_keeps_float32_bias_and_rope(micro_args: ModelArgs) -> No
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all(), logits.dtype
 
 
+def test_train_benchmark_reports_a_slow_machines_mfu_without_rounding_it_to_zero() -> None:
+    from benchmarks.policy_train import mfu
+
+    # The tiny preset trained on a 2-core AVX2 CPU: ~3.1M active parameters at ~165 tokens/s,
+    # against the H100's 989 TFLOP/s peak, is an MFU of ~3.1e-6 (5 fixed decimals gave 0.0).
+    expected = 6 * 3_100_000 * 165.0 / 989e12
+    got = mfu(3_100_000, 165.0, 989.0)
+    assert got > 0 and got == pytest.approx(expected, rel=1e-3), f"mfu {got!r}, expected {expected:.4g}"
+
+
 @pytest.mark.slow
 def test_train_benchmark_cpu_smoke(tmp_path) -> None:
     out = tmp_path / "policy_train.json"
     cmd = [
         sys.executable,
-        str(REPO_ROOT / "benchmarks" / "policy_train.py"),
+        "-m",
+        "benchmarks.policy_train",
         "--device",
         "cpu",
         "--preset",
@@ -314,7 +325,10 @@ def test_train_benchmark_cpu_smoke(tmp_path) -> None:
     for name in ("ours", "ours+mtp", "transformers"):
         row = rows[(name, "eager")]
         assert "error" not in row, row
-        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1 and row["step_s"] > 0, row
+        assert row["tokens_per_s"] > 0 and row["step_s"] > 0, row
+        # MFU follows from the row's own numbers at any machine speed (a slow AVX2 CPU: ~3e-6).
+        expected_mfu = 6 * row["params_active"] * row["tokens_per_s"] / (989.0 * 1e12)
+        assert 0 < row["mfu"] == pytest.approx(expected_mfu, rel=1e-3), (row["mfu"], expected_mfu)
         assert row["loss_last"] < row["loss_first"] + 0.5, row  # training moves, no blow-up
     assert (
         rows[("ours", "eager")]["params_total"] == rows[("transformers", "eager")]["params_total"]
@@ -326,7 +340,7 @@ def test_train_benchmark_cpu_smoke(tmp_path) -> None:
     assert "tokens_per_s" in titan or titan["error"].startswith("ImportError: unavailable"), titan
     for name in ("ours", "transformers"):
         row = rows[(name, "eager")]
-        assert row["tokens_per_s"] == pytest.approx(2 * 128 / row["step_s"], rel=1e-3), row
+        assert row["tokens_per_s"] == pytest.approx(2 * 128 / row["step_s"], rel=1e-4), row
         assert 0 < len(row["profile_top"]) <= 5, row["profile_top"]
     assert report["speedup"]["ours/transformers (eager)"] == pytest.approx(
         rows[("ours", "eager")]["tokens_per_s"] / rows[("transformers", "eager")]["tokens_per_s"],

@@ -270,9 +270,10 @@ def test_moe_benchmark_times_every_implementation_on_equal_outputs(tmp_path) -> 
 
     out = tmp_path / "moe.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "moe.py"), "--device", "cpu",
+        [sys.executable, "-m", "benchmarks.moe", "--device", "cpu",
          "--preset", "tiny", "--tokens", "64", "--repeats", "1", "--loops", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())

@@ -10,12 +10,8 @@ import pytest
 import torch
 
 from policy.model import ATTENTION_KERNELS, Gate, ModelArgs, Transformer, attention
-from policy.parallelize import (
-    SpeedConfig,
-    fastest_attention_kernel,
-    parallelize,
-    time_attention_kernels,
-)
+from policy.parallelize import SpeedConfig, parallelize
+from policy.profiling import fastest_attention_kernel, significant, time_attention_kernels
 
 
 def _reference_attention(q, k, v, scale, mask):
@@ -131,3 +127,12 @@ def test_attention_timing_covers_every_kernel_and_picks_the_fastest(micro_args: 
     failed = [{"kernel": "cudnn", "error": "RuntimeError: no kernel"}]
     assert fastest_attention_kernel(failed) == "auto"
     assert fastest_attention_kernel([*failed, {"kernel": "flash", "ms_fwd_bwd": 1.0}]) == "flash"
+
+
+@pytest.mark.parametrize(
+    ("value", "digits", "expected"),
+    [(3.1046e-6, 3, 3.1e-6), (0.000004, 4, 4e-6), (123456.7, 4, 123500.0), (0.0, 4, 0.0), (0.98765, 2, 0.99)],
+)
+def test_significant_keeps_small_measurements(value: float, digits: int, expected: float) -> None:
+    got = significant(value, digits)
+    assert got == pytest.approx(expected, rel=1e-12, abs=0.0), f"significant({value}, {digits}) = {got!r}"
