@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -53,11 +54,13 @@ from lean_env.errors import (
     ComparatorProtocolError,
     ComparatorTimeoutError,
     LeanEnvError,
+    ReplTimeoutError,
 )
 from lean_env.lexer import tokenize
 from lean_env.repl import _limit_address_space
 from lean_env.standin.comparator import CHECKED_BY as STANDIN_CHECKED_BY
 from lean_env.toolchain import PROJECT_DIR, comparator_command, find_toolchain
+from lean_env.verdict import Accepted, NotChecked, Rejected, RejectReason, TimedOut, Verdict
 
 CHALLENGE_MODULE = "Challenge"
 SOLUTION_MODULE = "Solution"
@@ -358,3 +361,28 @@ def final_judge_enabled(config: VerifierConfig) -> bool:
         raise ComparatorMissingError("verifier.final_judge = 'comparator' but Comparator is not installed "
                                      "or not usable with the pinned Lean; see `prover lean doctor`")
     return available
+
+
+async def final_judgement(judge: Comparator | None, verdict: Verdict, *, name: str, header: str,
+                          formal_statement: str, candidate: str) -> Verdict:
+    """`verdict` after the final judge: every Accepted verdict goes through `judge` (when
+    there is one) before it counts; other verdicts pass unchanged. Comparator's "no" is
+    Rejected(final_judge); its timeout is TimedOut and its failures NotChecked(infrastructure),
+    never an acceptance."""
+    if judge is None or not isinstance(verdict, Accepted):
+        return verdict
+    layers = (*verdict.layers, "comparator")
+    try:
+        result = await judge.judge(name, header, formal_statement, candidate)
+    except ReplTimeoutError as exc:
+        return TimedOut(checked_by=verdict.checked_by, time_s=verdict.time_s + exc.limit_s,
+                        limit_s=exc.limit_s, layers=layers)
+    except LeanEnvError as exc:
+        return NotChecked(checked_by=verdict.checked_by, time_s=verdict.time_s,
+                          cause="infrastructure", detail=f"final judge: {type(exc).__name__}: {exc}",
+                          layers=layers)
+    if not result.ok:
+        return Rejected(checked_by=verdict.checked_by, time_s=verdict.time_s + result.time_s,
+                        reason=RejectReason.FINAL_JUDGE, detail=f"Comparator: {result.detail}",
+                        messages=verdict.messages, layers=layers)
+    return dataclasses.replace(verdict, time_s=verdict.time_s + result.time_s, layers=layers)

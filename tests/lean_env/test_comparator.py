@@ -342,3 +342,41 @@ def test_real_comparator_on_a_trivial_theorem() -> None:
     weakened = "theorem judge_smoke (a b : Nat) (h : a = b) : a + b = b + a := by\n  omega\n"
     bad = asyncio.run(judge.judge("judge_smoke", "", statement, weakened))
     assert not bad.ok and "judge_smoke" in bad.detail, bad
+
+
+# -- the final judge inside the Verifier: every accepted verdict passes it before it counts --------
+
+def test_verifier_runs_the_final_judge_on_accepted_candidates(project: Path, make_standin) -> None:
+    from lean_env.verdict import Accepted, Rejected, RejectReason
+    from lean_env.verifier import Verifier, VerifyRequest
+
+    sim = make_standin({"rules": []})
+    config = VerifierConfig(backend="standin", standin_rules=sim.rules_path, workers=1,
+                            final_judge="comparator",
+                            comparator_command=standin_comparator.command())
+    with Verifier(config, command=sim.argv, cwd=project) as verifier:
+        ok, refused, static = verifier.verify_batch([
+            VerifyRequest("add_comm'", HEADER, STATEMENT, HEADER + PROOF),
+            # Passes the static layer and the (stand-in) REPL; Comparator says no.
+            VerifyRequest("add_comm'", HEADER, STATEMENT,
+                          HEADER + PROOF + "-- standin-comparator: build\n"),
+            VerifyRequest("add_comm'", HEADER, STATEMENT, HEADER + STATEMENT + "  sorry\n"),
+        ])
+    assert isinstance(ok, Accepted) and ok.layers == ("static", "repl", "comparator"), ok
+    assert isinstance(refused, Rejected) and refused.reason is RejectReason.FINAL_JUDGE, refused
+    assert refused.layers == ("static", "repl", "comparator"), refused
+    assert static.layers == ("static",), static      # never reached the judge
+    assert _runs_left(project) == [], _runs_left(project)
+
+
+def test_final_judge_required_but_missing_is_an_error_at_start(make_standin) -> None:
+    from lean_env.verifier import Verifier
+
+    sim = make_standin({"rules": []})
+    config = VerifierConfig(backend="standin", standin_rules=sim.rules_path,
+                            final_judge="comparator")
+    with pytest.raises(ComparatorMissingError):
+        Verifier(config, command=sim.argv)
+    # auto: no Comparator installed here, so no final judge and no error.
+    auto = VerifierConfig(backend="standin", standin_rules=sim.rules_path)
+    assert Verifier(auto, command=sim.argv).final_judge is None
