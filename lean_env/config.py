@@ -89,6 +89,32 @@ class VerifierConfig(BaseModel):
         "http://127.0.0.1:8000", description="Base URL of a running kimina-lean-server (backend 'kimina')."
     )
 
+    # final judge (leanprover/comparator; lean_env/comparator.py)
+    final_judge: Literal["auto", "none", "comparator"] = Field(
+        "auto",
+        description="Who judges a candidate the other layers accepted: 'comparator' "
+        "(leanprover/comparator: Lean compares the proved constant's type with the challenge's "
+        "and replays every declaration of the solution in the kernel; required, so a missing "
+        "install is an error), 'none' (the static and REPL layers only), 'auto' (comparator "
+        "when `prover lean doctor` finds it installed and usable with the pinned Lean, else none).",
+    )
+    comparator_command: list[str] | None = Field(
+        None,
+        description="argv prefix that runs Comparator; the path of its JSON configuration is "
+        "appended and it runs in a fresh Lake project holding Challenge.lean and Solution.lean. "
+        "Default: `lake env <comparator>` as installed by `prover lean setup` (with lean4export "
+        "and landrun passed in COMPARATOR_LEAN4EXPORT / COMPARATOR_LANDRUN, as Comparator's "
+        "README documents).",
+    )
+    comparator_timeout_s: float = Field(
+        600.0, gt=0, le=MAX_TIMEOUT_S,
+        description="Wall-clock limit of one Comparator run, seconds; on expiry its process group "
+        "is killed (ComparatorTimeoutError). A run builds the challenge and the solution (each "
+        "imports the header, e.g. Mathlib), exports both with lean4export and replays the "
+        "solution's dependency closure in the kernel. 600 s is about 3x the longest runs "
+        "reported publicly for Mathlib-sized solutions (82-191 s); not measured here (no Lean).",
+    )
+
     @field_validator("kimina_url")
     @classmethod
     def _http_url(cls, url: str) -> str:

@@ -54,3 +54,27 @@ class PoolSaturatedError(LeanEnvError):
 class VerifierConfigError(LeanEnvError):
     """The verifier configuration names no usable backend (a missing rule table, a backend
     that cannot check whole proofs): the user's mistake, not a failure of Lean or of ours."""
+
+
+class ComparatorMissingError(LeanEnvError):
+    """The final judge (leanprover/comparator with lean4export and landrun) is not installed or
+    cannot be started; the message says what is missing and what to run."""
+
+
+class ComparatorCrashedError(LeanEnvError):
+    """Comparator died by a signal, or failed before it reached the candidate (while building or
+    exporting the trusted challenge): our machinery's failure, not a verdict on the candidate."""
+
+    def __init__(self, message: str, *, returncode: int | None, output_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class ComparatorProtocolError(LeanEnvError):
+    """Comparator's output is not in its documented form (exit status, final line, JSON report)."""
+
+
+class ComparatorTimeoutError(ReplTimeoutError):
+    """Comparator ran past its wall-clock limit; its process group was killed. A subclass of
+    `ReplTimeoutError`, so callers that handle a REPL timeout handle this one too."""

@@ -11,6 +11,12 @@ Layout after `setup()`, in the Lake project `lean/`:
     .lake/packages/REPL/.lake/build/bin/repl                    the REPL binary (lake build)
 and the REPL runs as `lake -d lean env <repl>` so that it sees Mathlib (`repl_command()`).
 
+The final judge (issue 8; `lean_env.comparator`) is leanprover/comparator with its two helpers,
+installed under `lean/.lake/judge/` when its pins (`JUDGE_PINS`) fit the pinned Lean:
+    .lake/judge/comparator/.lake/build/bin/comparator     lake build comparator
+    .lake/judge/lean4export/.lake/build/bin/lean4export   lake build lean4export (tag = Lean's)
+    .lake/judge/bin/landrun                               go install (Landlock sandbox)
+
 Everything downloads from GitHub (elan, the toolchain, the Lake dependencies, the Mathlib
 cache), so `setup()` probes each host with a short connect timeout first and fails fast with
 a message naming what could not be fetched, instead of hanging on a machine without network.
@@ -39,6 +45,10 @@ ELAN_INSTALLER_URL = "https://raw.githubusercontent.com/leanprover/elan/master/e
 # Hosts each networked step needs (probed before the step runs).
 GITHUB = "https://github.com"
 MATHLIB_CACHE = "https://lakecache.blob.core.windows.net"
+GO_PROXY = "https://proxy.golang.org"
+COMPARATOR_GIT = "https://github.com/leanprover/comparator"
+LEAN4EXPORT_GIT = "https://github.com/leanprover/lean4export"
+LANDRUN_MODULE = "github.com/zouuup/landrun/cmd/landrun"
 _VERSION_TIMEOUT_S = 20.0
 
 
@@ -48,6 +58,47 @@ class ToolchainError(LeanEnvError):
 
 class SetupError(LeanEnvError):
     """`setup()` could not finish a step; the message names the step and what failed."""
+
+
+@dataclass(frozen=True)
+class JudgePins:
+    """Revisions of the final judge, and the one Lean release they are known to work with.
+
+    Comparator and lean4export are Lean programs that read the project's .olean files, so they
+    must be built by the project's own Lean (a mismatch fails with "incompatible header");
+    lean4export tags every Lean release, Comparator does not (it is pinned by commit).
+    """
+
+    lean: str           # the Lean version these revisions are known to work with
+    comparator: str     # commit of leanprover/comparator
+    lean4export: str    # git rev of leanprover/lean4export (the tag of `lean`)
+    landrun: str        # commit of Zouuup/landrun (Go; `go install ...@commit`)
+
+
+# Why these revisions and not ones for our Lean v4.19.0: no revision of Comparator targets
+# v4.19.0. Comparator reads lean4export's NDJSON export (Export.Parse, from lean4export PR #10,
+# merged 2026-01), which Lean releases of 2025 such as v4.19.0 have no exporter for, and the
+# toolchain bumps in Comparator's history run from v4.30.0-rc1 up (PRs #27 ... #91). The
+# oldest combination we found documented as working is leanprover/lean-eval's CI
+# (.github/workflows/ci.yml, pins dated 2026-05-04): comparator 71b52ec2 with lean4export
+# 12581a6b (= tag v4.30.0-rc2) and landrun 5ed4a3db, for Lean v4.30.0-rc2. So `setup()` installs
+# the judge only when the Lean pin is `lean` below, and `doctor()` says why it is absent
+# otherwise; moving the Lean, Mathlib and REPL pins to v4.30.0-rc2 (together) enables it.
+JUDGE_PINS = JudgePins(
+    lean="4.30.0-rc2",
+    comparator="71b52ec29e06d4b7d882726553b1ceb99a2499e0",
+    lean4export="v4.30.0-rc2",
+    landrun="5ed4a3db3a4ad930d577215c6b9abaa19df7f99f",
+)
+
+
+def judge_unsupported_reason(pins: Pins, judge: JudgePins = JUDGE_PINS) -> str | None:
+    """None when the judge's pins fit the pinned Lean; otherwise why they do not."""
+    if pins.lean_version == judge.lean:
+        return None
+    return (f"no Comparator revision is known to work with Lean {pins.lean_version}: the pinned "
+            f"judge (comparator {judge.comparator[:8]}, lean4export {judge.lean4export}) is for "
+            f"Lean {judge.lean} (see JUDGE_PINS in lean_env/toolchain.py)")
 
 
 @dataclass(frozen=True)
@@ -93,10 +144,17 @@ class Toolchain:
     lake: Path | None
     mathlib_olean: Path | None
     repl: Path | None
+    comparator: Path | None = None     # the final judge and its two helpers
+    lean4export: Path | None = None
+    landrun: Path | None = None
 
     @property
     def complete(self) -> bool:
         return None not in (self.lean, self.lake, self.mathlib_olean, self.repl)
+
+    @property
+    def judge_complete(self) -> bool:
+        return None not in (self.lake, self.lean, self.comparator, self.lean4export, self.landrun)
 
 
 def _which(name: str, search_path: str | None, home: Path) -> Path | None:
@@ -111,9 +169,15 @@ def _first_file(*paths: Path) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
+def judge_dir(project_dir: Path = PROJECT_DIR) -> Path:
+    """Where `setup()` installs Comparator, lean4export and landrun."""
+    return project_dir / ".lake" / "judge"
+
+
 def find_toolchain(*, project_dir: Path = PROJECT_DIR, search_path: str | None = None,
                    home: Path | None = None) -> Toolchain:
-    """Look for elan, the pinned Lean and Lake, Mathlib's built cache and the REPL binary.
+    """Look for elan, the pinned Lean and Lake, Mathlib's built cache, the REPL binary, and the
+    final judge (installed under `judge_dir()`, else on PATH as Comparator's README has it).
 
     `search_path` replaces $PATH and `home` replaces $ELAN_HOME (~/.elan) for the lookup.
     """
@@ -129,6 +193,7 @@ def find_toolchain(*, project_dir: Path = PROJECT_DIR, search_path: str | None =
         # elan's own `lean` is a proxy that may download a toolchain when run: never that.
         lean, lake = Path(on_path), _which("lake", search_path, home)
     packages = project_dir / ".lake" / "packages"
+    judge = judge_dir(project_dir)
     mathlib_build = packages / "mathlib" / ".lake" / "build" / "lib"
     return Toolchain(
         pins=pins,
@@ -138,7 +203,19 @@ def find_toolchain(*, project_dir: Path = PROJECT_DIR, search_path: str | None =
         lake=lake,
         mathlib_olean=_first_file(mathlib_build / "lean" / "Mathlib.olean", mathlib_build / "Mathlib.olean"),
         repl=_first_file(*(packages / d / ".lake" / "build" / "bin" / "repl" for d in ("REPL", "repl"))),
+        comparator=_installed_or_on_path(judge / "comparator" / ".lake" / "build" / "bin" / "comparator",
+                                         search_path),
+        lean4export=_installed_or_on_path(judge / "lean4export" / ".lake" / "build" / "bin" / "lean4export",
+                                          search_path),
+        landrun=_installed_or_on_path(judge / "bin" / "landrun", search_path),
     )
+
+
+def _installed_or_on_path(installed: Path, search_path: str | None) -> Path | None:
+    if installed.is_file() and os.access(installed, os.X_OK):
+        return installed
+    found = shutil.which(installed.name, path=search_path)
+    return Path(found) if found else None
 
 
 def repl_command(toolchain: Toolchain | None = None) -> list[str]:
@@ -152,6 +229,28 @@ def repl_command(toolchain: Toolchain | None = None) -> list[str]:
                              "`prover lean setup` (needs network) or `prover lean doctor`")
     assert tc.lake is not None and tc.repl is not None
     return [str(tc.lake), "-d", str(tc.project_dir), "env", str(tc.repl)]
+
+
+def comparator_command(toolchain: Toolchain | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and extra environment that run the installed Comparator (for
+    `lean_env.comparator`): `lake env <comparator>`, with the helpers named the way Comparator's
+    README documents (COMPARATOR_LEAN4EXPORT, COMPARATOR_LANDRUN) and the pinned Lean's bin
+    first on PATH (Comparator runs `lean --print-prefix` and `lake build` from PATH)."""
+    from lean_env.errors import ComparatorMissingError
+
+    tc = toolchain or find_toolchain()
+    reason = judge_unsupported_reason(tc.pins)
+    if reason is not None:
+        raise ComparatorMissingError(f"the final judge is unavailable: {reason}")
+    if not tc.judge_complete:
+        missing = [n for n, v in (("lean", tc.lean), ("lake", tc.lake), ("comparator", tc.comparator),
+                                  ("lean4export", tc.lean4export), ("landrun", tc.landrun)) if v is None]
+        raise ComparatorMissingError(f"the final judge is not installed: missing {', '.join(missing)}; "
+                                     "run `prover lean setup` (needs network) or `prover lean doctor`")
+    assert tc.lake and tc.lean and tc.comparator and tc.lean4export and tc.landrun
+    env = {"COMPARATOR_LEAN4EXPORT": str(tc.lean4export), "COMPARATOR_LANDRUN": str(tc.landrun),
+           "PATH": f"{tc.lean.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return [str(tc.lake), "env", str(tc.comparator)], env
 
 
 def checked_by(toolchain: Toolchain) -> str:
@@ -170,6 +269,7 @@ class Check:
     ok: bool
     found: str          # path and version, or "missing"
     fix: str = ""       # what to do when not ok
+    required: bool = True   # False: reported, but `DoctorReport.ok` does not depend on it
 
 
 @dataclass(frozen=True)
@@ -179,7 +279,7 @@ class DoctorReport:
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(c.ok for c in self.checks if c.required)
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "pins": asdict(self.pins),
@@ -220,8 +320,30 @@ def doctor(*, project_dir: Path = PROJECT_DIR, search_path: str | None = None,
               "" if tc.mathlib_olean else f"{setup_hint} (lake update; lake exe cache get)"),
         Check(f"REPL {tc.pins.repl}", tc.repl is not None, str(tc.repl) if tc.repl else "missing",
               "" if tc.repl else f"{setup_hint} (lake build in .lake/packages/REPL)"),
+        *_judge_checks(tc, setup_hint),
     ]
     return DoctorReport(tc.pins, tuple(checks))
+
+
+def _judge_checks(tc: Toolchain, setup_hint: str) -> list[Check]:
+    """The final judge's three parts. Optional (`required=False`): without them the verifier
+    runs with `final_judge = "auto"` as 'none', and only `final_judge = "comparator"` fails."""
+    reason = judge_unsupported_reason(tc.pins)
+    parts = (("comparator", tc.comparator, f"{JUDGE_PINS.comparator[:8]} (leanprover/comparator)"),
+             ("lean4export", tc.lean4export, f"{JUDGE_PINS.lean4export} (leanprover/lean4export)"),
+             ("landrun", tc.landrun, f"{JUDGE_PINS.landrun[:8]} (Zouuup/landrun)"))
+    checks = []
+    for name, path, pin in parts:
+        if reason is not None:
+            checks.append(Check(f"final judge: {name}", False, f"unavailable: {reason}",
+                                f"move the Lean, Mathlib and REPL pins to v{JUDGE_PINS.lean} together, or "
+                                "set verifier.final_judge = \"none\"", required=False))
+        else:
+            checks.append(Check(f"final judge: {name} {pin}", path is not None,
+                                str(path) if path else "missing",
+                                "" if path else f"{setup_hint} (installs the final judge)",
+                                required=False))
+    return checks
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -255,9 +377,12 @@ def _run(step: str, argv: list[str], *, cwd: Path | None, timeout_s: float,
 def setup(*, project_dir: Path = PROJECT_DIR, home: Path | None = None,
           search_path: str | None = None, installer_url: str = ELAN_INSTALLER_URL,
           connect_timeout_s: float = 5.0, step_timeout_s: float = 3600.0,
+          final_judge: bool = True,
           progress: Callable[[str], None] = lambda _msg: None) -> Toolchain:
     """Install what `doctor()` finds missing: elan, the pinned toolchain, the Lake
-    dependencies, Mathlib's cache, the REPL binary. Idempotent: present parts are skipped.
+    dependencies, Mathlib's cache, the REPL binary, and (`final_judge`) Comparator with
+    lean4export and landrun where `JUDGE_PINS` fit the pinned Lean (otherwise it says why it
+    skips them). Idempotent: present parts are skipped.
 
     Each networked step probes its host first (`connect_timeout_s`) and raises `SetupError`
     at once when it is unreachable; `step_timeout_s` bounds each long step (downloads, build).
@@ -300,7 +425,57 @@ def setup(*, project_dir: Path = PROJECT_DIR, home: Path | None = None,
         tc = find_toolchain(project_dir=project_dir, search_path=search_path, home=home)
     if not tc.complete:
         raise SetupError("setup finished but `prover lean doctor` still finds parts missing")
+    if final_judge:
+        reason = judge_unsupported_reason(tc.pins)
+        if reason is not None:
+            progress(f"final judge skipped: {reason}")
+        elif not tc.judge_complete:
+            install_judge(tc, env=env, connect_timeout_s=connect_timeout_s,
+                          step_timeout_s=step_timeout_s, progress=progress)
+            tc = find_toolchain(project_dir=project_dir, search_path=search_path, home=home)
+            if not tc.judge_complete:
+                raise SetupError("the final judge was installed but `prover lean doctor` still "
+                                 "finds parts of it missing")
     return tc
+
+
+def install_judge(tc: Toolchain, *, env: dict[str, str], connect_timeout_s: float = 5.0,
+                  step_timeout_s: float = 3600.0, judge: JudgePins = JUDGE_PINS,
+                  progress: Callable[[str], None] = lambda _msg: None) -> None:
+    """Clone and build Comparator and lean4export with the project's Lean, and `go install`
+    landrun, at `judge`'s pins, into `judge_dir()`. Needs git and go; each download probes its
+    host first and fails fast, naming what it could not fetch."""
+    root = judge_dir(tc.project_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tools = {name: shutil.which(name, path=env.get("PATH")) for name in ("git", "go")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise SetupError(f"installing the final judge needs {' and '.join(missing)} on PATH "
+                         "(git clones Comparator and lean4export; go builds landrun)")
+    git, go = str(tools["git"]), str(tools["go"])
+    lake = str(tc.lake)
+    for name, url, rev, built in (
+            ("comparator", COMPARATOR_GIT, judge.comparator, tc.comparator),
+            ("lean4export", LEAN4EXPORT_GIT, judge.lean4export, tc.lean4export)):
+        if built is not None:
+            continue
+        checkout = root / name
+        if not (checkout / ".git").is_dir():
+            progress(f"fetching {name} {rev} ({url})")
+            _probe(url, f"{name} (git clone {url})", connect_timeout_s)
+            _run(f"clone {name}", [git, "clone", "--quiet", url, str(checkout)], cwd=None,
+                 timeout_s=step_timeout_s, env=env)
+        _run(f"checkout {name}", [git, "checkout", "--quiet", "--force", rev], cwd=checkout,
+             timeout_s=step_timeout_s, env=env)
+        # Built by the project's own Lean: both read the project's .olean files.
+        (checkout / "lean-toolchain").write_text(tc.pins.toolchain + "\n")
+        progress(f"building {name} (lake build {name})")
+        _run(f"build {name}", [lake, "build", name], cwd=checkout, timeout_s=step_timeout_s, env=env)
+    if tc.landrun is None:
+        progress(f"building landrun {judge.landrun[:8]} (go install)")
+        _probe(GO_PROXY, f"landrun ({LANDRUN_MODULE}@{judge.landrun})", connect_timeout_s)
+        _run("install landrun", [go, "install", f"{LANDRUN_MODULE}@{judge.landrun}"], cwd=None,
+             timeout_s=step_timeout_s, env={**env, "GOBIN": str(root / "bin")})
 
 
 def _install_elan(url: str, home: Path, env: dict[str, str], connect_timeout_s: float,

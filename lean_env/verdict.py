@@ -34,6 +34,7 @@ class RejectReason(StrEnum):
     SORRY = "sorry"                            # Lean reported a sorry (or the sorry warning)
     AXIOMS = "axioms"                          # `#print axioms` lists more than the standard three
     INCOMPLETE = "incomplete"                  # tactic mode: proofStatus other than Completed
+    FINAL_JUDGE = "final_judge"                # Comparator (type, axioms, kernel replay) said no
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ pipeline of REPL_PROTOCOL.md section 3 for one candidate, so no caller can skip 
      a Rejected/NotChecked verdict there is final and Lean never runs;
   2. `acceptance.lean_command`: the candidate without its header, then `#print axioms`,
      run on a warm REPL of the header's pool (`lean_env.pool`) under `config.timeout_s`;
-  3. `acceptance.judge`: Lean's reply -> Accepted or Rejected.
+  3. `acceptance.judge`: Lean's reply -> Accepted or Rejected;
+  4. the final judge (`lean_env.comparator`, when installed or required by
+     `config.final_judge`): every Accepted verdict must also pass Comparator.
 
 Infrastructure outcomes become verdicts here, once: a wall-clock timeout is TimedOut; a
 crash, garbage or failed start that survived the pool's retries is
@@ -28,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from lean_env import acceptance, standin, toolchain
+from lean_env.comparator import Comparator, final_judge_enabled, final_judgement
 from lean_env.config import VerifierConfig
 from lean_env.errors import (
     LeanEnvError,
@@ -89,6 +92,8 @@ class Verifier:
         self.checked_by = checked_by or default_label
         self.pool = ReplPool(config, command=command, cwd=cwd or config.project_dir,
                              checked_by=self.checked_by)
+        # The final judge (Comparator), when installed or required: see lean_env.comparator.
+        self.final_judge = Comparator(config, cwd=cwd) if final_judge_enabled(config) else None
 
     async def __aenter__(self) -> Verifier:
         await self.pool.__aenter__()
@@ -127,9 +132,11 @@ class Verifier:
             return NotChecked(checked_by=self.checked_by, time_s=time.perf_counter() - start,
                               cause="infrastructure", detail=f"{type(exc).__name__}: {exc}",
                               layers=("static", "repl"))
-        return acceptance.judge(name, response, command=command,
-                                allowed_axioms=self.config.allowed_axioms,
-                                checked_by=self.checked_by, time_s=lean_s)
+        verdict = acceptance.judge(name, response, command=command,
+                                   allowed_axioms=self.config.allowed_axioms,
+                                   checked_by=self.checked_by, time_s=lean_s)
+        return await final_judgement(self.final_judge, verdict, name=name, header=header,
+                                     formal_statement=formal_statement, candidate=candidate)
 
     async def verify_many(self, requests: Sequence[VerifyRequest], *,
                           progress: Callable[[int, int], None] | None = None) -> list[Verdict]:

@@ -20,16 +20,18 @@ retries, is NotChecked(cause="infrastructure"). Saturation that outlasts the ret
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from lean_env.acceptance import LeanCommand, judge, lean_command, precheck
+from lean_env.comparator import Comparator, final_judge_enabled, final_judgement
 from lean_env.config import VerifierConfig
 from lean_env.errors import LeanEnvError, PoolSaturatedError, ReplProtocolError
 from lean_env.protocol import parse_command_reply
-from lean_env.verdict import NotChecked, TimedOut, Verdict
+from lean_env.verdict import Accepted, NotChecked, TimedOut, Verdict
 from lean_env.verifier import VerifyRequest
 
 
@@ -62,6 +64,15 @@ class KiminaVerifier:
         self.batch_size = batch_size
         self.checked_by = f"kimina-lean-server at {config.kimina_url}"
         self._client: Any = None
+        # The same final judge as the REPL pool's (lean_env.comparator), run here on this host.
+        self.final_judge = Comparator(config) if final_judge_enabled(config) else None
+
+    async def __aenter__(self) -> KiminaVerifier:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def __enter__(self) -> KiminaVerifier:
         import httpx  # optional dependency of this backend only
@@ -117,8 +128,16 @@ class KiminaVerifier:
                 pass
         return min(30.0, self.backoff_s * 2 ** attempt)
 
-    def verify(self, name: str, header: str, formal_statement: str, candidate: str) -> Verdict:
-        return self.verify_batch([VerifyRequest(name, header, formal_statement, candidate)])[0]
+    async def verify(self, name: str, header: str, formal_statement: str, candidate: str) -> Verdict:
+        """The verdict on one candidate, as `Verifier.verify` gives it (the HTTP call runs in
+        a worker thread, so the event loop stays free)."""
+        request = VerifyRequest(name, header, formal_statement, candidate)
+        return (await asyncio.to_thread(self.verify_batch, [request]))[0]
+
+    async def verify_many(self, requests: Sequence[VerifyRequest], *,
+                          progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+        """Verdicts for `requests`, in order, as `Verifier.verify_many` gives them."""
+        return await asyncio.to_thread(self.verify_batch, requests, progress=progress)
 
     def verify_batch(self, requests: Sequence[VerifyRequest], *,
                      progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
@@ -155,7 +174,14 @@ class KiminaVerifier:
             if progress is not None:
                 progress(len(requests) - len(todo) + start + len(chunk), len(requests))
         assert all(v is not None for v in verdicts)
-        return [v for v in verdicts if v is not None]
+        return [self._final(r, v) for r, v in zip(requests, verdicts, strict=True) if v is not None]
+
+    def _final(self, request: VerifyRequest, verdict: Verdict) -> Verdict:
+        if self.final_judge is None or not isinstance(verdict, Accepted):
+            return verdict
+        return asyncio.run(final_judgement(
+            self.final_judge, verdict, name=request.name, header=request.header,
+            formal_statement=request.formal_statement, candidate=request.candidate))
 
     def _verdict(self, name: str, result: dict[str, Any] | None, command: LeanCommand) -> Verdict:
         if result is None:

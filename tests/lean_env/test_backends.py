@@ -9,6 +9,7 @@ run needs a traced repo and a toolchain (`lean` marker).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -131,7 +132,7 @@ def test_kimina_backs_off_on_429_then_succeeds(kimina: tuple[str, dict]) -> None
     url, state = kimina
     state["busy"] = 3
     with KiminaVerifier(VerifierConfig(kimina_url=url)) as kv:
-        verdict = kv.verify(*_request("good").__dict__.values())
+        verdict = asyncio.run(kv.verify(*_request("good").__dict__.values()))
     assert isinstance(verdict, Accepted), verdict
     assert len(state["requests"]) == 4, len(state["requests"])
 
@@ -266,3 +267,19 @@ def test_kimina_backend_through_the_cli_config(kimina: tuple[str, dict], tmp_pat
     assert summary["outcomes"] == {"accepted": 1, "rejected:lean_error": 1}, summary
     assert summary["checked_by"] == f"kimina-lean-server at {url}", summary
     assert len(state["requests"]) == 1 and len(state["requests"][0]["snippets"]) == 2, state["requests"]
+
+
+def test_kimina_has_the_verifiers_calling_convention(kimina: tuple[str, dict]) -> None:
+    """async with / await verify / await verify_many, as `lean_env.verifier.Verifier`."""
+    url, _ = kimina
+    requests = [_request("good"), _request("bad", "linarith")]
+
+    async def run() -> list:
+        async with KiminaVerifier(VerifierConfig(kimina_url=url)) as kv:
+            one = await kv.verify(*requests[0].__dict__.values())
+            many = await kv.verify_many(requests)
+        return [one, *many]
+
+    one, good, bad = asyncio.run(run())
+    assert isinstance(one, Accepted) and isinstance(good, Accepted), (one, good)
+    assert isinstance(bad, Rejected) and bad.reason is RejectReason.LEAN_ERROR, bad
