@@ -18,6 +18,7 @@ numbers they compare.
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,17 +168,19 @@ def resolve_config(config_file: Path | None = None, overrides: Mapping[str, Any]
     None values mean "flag not given" and are skipped."""
     tree: dict[str, Any] = read_config_file(config_file) if config_file else {}
     origin = str(config_file) if config_file else "defaults"
-    try:
+    merged = copy.deepcopy(tree)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(merged, dotted, value)
+    try:   # the flags may complete the file (a cross-field check the file alone would fail)
+        return ProverConfig.model_validate(merged)
+    except ValidationError as exc:
+        with_flags = exc
+    try:   # name the culprit: the file when it is wrong on its own, else the flags
         ProverConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, dotted, value)
-    try:
-        return ProverConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, "command-line flags")) from None
+    raise ConfigError(_describe(with_flags, "command-line flags")) from None
 
 
 def write_resolved_config(config: ProverConfig, out_dir: Path | None = None) -> Path:
