@@ -51,6 +51,14 @@ class MtpLoadReportFilter(logging.Filter):
         return not only_mtp
 
 
+def _prints(handler: logging.Handler) -> bool:
+    """A handler that writes records to the terminal (not a file, not a null handler)."""
+    return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            and handler.level <= logging.CRITICAL
+            and getattr(handler, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__,
+                                                     sys.__stdout__))
+
+
 class _NotPrintedYet(logging.Filter):
     """For the root handler: drop a record that a library's own handler on the way up has
     already printed (huggingface_hub keeps its handler and propagates; transformers does the
@@ -59,7 +67,7 @@ class _NotPrintedYet(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         logger: logging.Logger | None = logging.getLogger(record.name)
         while logger is not None and logger is not logging.root:
-            if logger.handlers:
+            if any(_prints(h) for h in logger.handlers):
                 return False
             if not logger.propagate:
                 break

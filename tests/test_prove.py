@@ -229,7 +229,10 @@ def test_resume_skips_finished_problems_and_completes_the_run(tiny_checkpoint: P
     assert len(rows) == 3 and rows[0] == lines[0], rows
     summary = json.loads(resumed.stdout)
     assert (summary["done"], summary["total"], summary["complete"]) == (3, 3, True), summary
-    assert summary["samples"] == {"rejected:lean_error": 6}, summary
+    # An untrained model's samples are rejected, by the static layer or the stand-in (which one
+    # depends on the random text): 2 samples x 3 problems, none lost or counted twice.
+    assert sum(summary["samples"].values()) == 6, summary
+    assert all(k.startswith("rejected:") for k in summary["samples"]), summary
     forced = runner.invoke(app, [*args, "--force", "--limit", "1"])
     assert forced.exit_code == 1 and len((out / "results.jsonl").read_text().splitlines()) == 1, forced.output
 

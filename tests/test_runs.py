@@ -103,8 +103,11 @@ def test_resume_skips_what_is_done_and_checks_the_config(tmp_path: Path) -> None
     with (tmp_path / "results.jsonl").open("a") as fh:
         fh.write('{"id": "c", "pro')   # the torn last line of a crash
     with pytest.raises(RunDirError) as differs:
-        _begin(RunDir.prepare(tmp_path, key="id", resume=True), config.model_copy(update={"seed": 7}))
-    assert "--resume with a different config: seed: 0 -> 7" in str(differs.value), str(differs.value)
+        changed = config.model_copy(update={"verifier": config.verifier.model_copy(
+            update={"timeout_s": 7.0})})
+        _begin(RunDir.prepare(tmp_path, key="id", resume=True), changed)
+    assert "--resume with a different config: verifier.timeout_s: 60.0 -> 7.0" in str(differs.value), \
+        str(differs.value)
     resumed = RunDir.prepare(tmp_path, key="id", resume=True)
     assert resumed.done_keys == {"a", "b"}, resumed.done_keys
     _begin(resumed, config, total=3)
@@ -114,7 +117,7 @@ def test_resume_skips_what_is_done_and_checks_the_config(tmp_path: Path) -> None
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["done"], summary["complete"], summary["proved"]) == (3, True, 2), summary
     written = tomllib.loads((tmp_path / "config.resolved.toml").read_text())
-    assert written["seed"] == 0, written
+    assert written["verifier"]["timeout_s"] == 60.0, written
 
 
 def test_progress_lines_when_not_on_a_terminal() -> None:

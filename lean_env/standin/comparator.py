@@ -52,10 +52,9 @@ _REQUIRED = ("challenge_module", "solution_module", "theorem_names", "permitted_
 
 def command() -> list[str]:
     """argv prefix that starts the stand-in from any folder (Comparator runs inside the run's
-    Lake project, where `-m` would not find this checkout); the configuration's path follows."""
-    root = str(Path(__file__).resolve().parents[2])
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
-            "from lean_env.standin.comparator import main; sys.exit(main())"]
+    Lake project; the package is importable there as installed, or through PYTHONPATH, which
+    the child inherits); the configuration's path follows."""
+    return [sys.executable, "-m", "lean_env.standin.comparator"]
 
 
 class _Uncaught(Exception):
