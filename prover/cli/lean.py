@@ -100,23 +100,20 @@ def _target(path: Path, code: str, problem: str | None, problems: str | None,
             theorem: str | None = None) -> tuple[str, str, str]:
     """(name, header, formal_statement) the file is checked against: a problem of a set, or
     the file's own theorem (`theorem`, default its first)."""
-    from lean_env.acceptance import file_problem, statement_text
+    from lean_env.acceptance import file_problem, file_theorems
 
     if problem is None:
         if problems is not None:
             raise UserError("--problems needs --problem NAME (which problem of the set)")
-        own = file_problem(code)
+        own = file_problem(code, theorem)
+        if own is None and theorem is not None:
+            names = [t.name for t in file_theorems(code)]
+            raise UserError(f"{path}: no theorem named {theorem!r} (the file has: "
+                            f"{', '.join(names) or 'none'})")
         if own is None:
             raise UserError(f"{path}: no theorem found (pass --problem NAME --problems SET to "
                             "check it against a problem)")
         header, name, statement = own
-        if theorem is not None and theorem != name:
-            try:
-                statement = statement_text(theorem, code) + " := by\n"
-            except ValueError:
-                raise UserError(f"{path}: no theorem named {theorem!r} (its first theorem is "
-                                f"{name!r})") from None
-            name = theorem
         return name, header, statement
     if theorem is not None:
         raise UserError("--theorem picks a theorem of the file itself; with --problem the "
@@ -189,7 +186,7 @@ def check(
     label = STANDIN_LABEL if standin is not None else None
     verifier = None if static else open_verifier(   # exit 3 without Lean
         config_from_context(ctx, {"verifier.workers": 1, "verifier.timeout_s": timeout}).verifier, standin)
-    checked_by = "static checks (no Lean ran)" if static else verifier.checked_by
+    checked_by = "static checks (no Lean ran)" if verifier is None else verifier.checked_by
     try:
         verdict = precheck(name, header, statement, code, checked_by=checked_by)
     except ValueError as exc:   # the problem itself is malformed, not the proof
@@ -230,6 +227,9 @@ def _print_human(name: str, verdict: Any, *, static: bool, label: str | None) ->
     head = f"{prefix}{word}: {name}" + (f" ({what})" if what else "")
     head += f" [checked by {verdict.checked_by}; {verdict.time_s:.2f} s]"
     _say(head)
+    _say(f"{prefix}  layers: {', '.join(verdict.layers) or 'none'}"
+         + ("" if "comparator" in verdict.layers or not verdict.accepted
+            else " (no final judge: Comparator is not installed for this Lean)"))
     if static:
         _say(f"{prefix}  (decided by the static checks: Lean did not run)")
     detail = getattr(verdict, "detail", "")
