@@ -332,17 +332,17 @@ def _judge_checks(tc: Toolchain, setup_hint: str) -> list[Check]:
     parts = (("comparator", tc.comparator, f"{JUDGE_PINS.comparator[:8]} (leanprover/comparator)"),
              ("lean4export", tc.lean4export, f"{JUDGE_PINS.lean4export} (leanprover/lean4export)"),
              ("landrun", tc.landrun, f"{JUDGE_PINS.landrun[:8]} (Zouuup/landrun)"))
+    if reason is not None:   # one line: the three parts share the reason
+        return [Check("final judge (comparator, lean4export, landrun)", False,
+                      f"unavailable: {reason}",
+                      f"move the Lean, Mathlib and REPL pins to v{JUDGE_PINS.lean} together, or "
+                      "set verifier.final_judge = \"none\"", required=False)]
     checks = []
     for name, path, pin in parts:
-        if reason is not None:
-            checks.append(Check(f"final judge: {name}", False, f"unavailable: {reason}",
-                                f"move the Lean, Mathlib and REPL pins to v{JUDGE_PINS.lean} together, or "
-                                "set verifier.final_judge = \"none\"", required=False))
-        else:
-            checks.append(Check(f"final judge: {name} {pin}", path is not None,
-                                str(path) if path else "missing",
-                                "" if path else f"{setup_hint} (installs the final judge)",
-                                required=False))
+        checks.append(Check(f"final judge: {name} {pin}", path is not None,
+                            str(path) if path else "missing",
+                            "" if path else f"{setup_hint} (installs the final judge)",
+                            required=False))
     return checks
 
 

@@ -82,7 +82,8 @@ def doctor(as_json: JsonFlag = False) -> None:
         for column in ("", "component", "found", "what to do"):
             table.add_column(column)
         for c in report.checks:
-            table.add_row("[green]ok[/]" if c.ok else "[red]missing[/]", c.name, c.found, c.fix)
+            status = "[green]ok[/]" if c.ok else "[red]missing[/]" if c.required else "[yellow]optional[/]"
+            table.add_row(status, c.name, c.found, c.fix)
         console.print(table)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_REJECTED)
 

@@ -258,8 +258,7 @@ def test_judge_pins_do_not_fit_lean_v4_19(tmp_path: Path) -> None:
     assert reason is not None and "4.19.0" in reason and toolchain.JUDGE_PINS.lean in reason, reason
     report = toolchain.doctor(search_path="", home=tmp_path / "elan")
     judge = [c for c in report.checks if c.name.startswith("final judge")]
-    assert [c.name for c in judge] == ["final judge: comparator", "final judge: lean4export",
-                                       "final judge: landrun"], judge
+    assert [c.name for c in judge] == ["final judge (comparator, lean4export, landrun)"], judge
     assert all(not c.ok and not c.required and "unavailable" in c.found and "final_judge" in c.fix
                for c in judge), judge
     assert not comparator_available(VerifierConfig(project_dir=toolchain.PROJECT_DIR))
