@@ -9,7 +9,8 @@ Four outcomes (LeanDojo's result-type style):
 
 Every verdict names the backend that produced it (`checked_by`) and the layers that judged it
 (`layers`: "static" = our checks that read the source without Lean, "repl" = Lean through a
-REPL or kimina-lean-server, "comparator" = leanprover/comparator as the final judge). A verdict
+REPL or kimina-lean-server, "lean_dojo" = Lean through LeanDojo's tactic interface,
+"comparator" = leanprover/comparator as the final judge). A verdict
 produced by the stand-in REPL is a test double's answer, never Lean's, and says so in
 `checked_by`. `outcome` is the one string that names a verdict in reports and tables:
 `accepted`, `rejected:<reason>`, `timed_out`, `not_checked:<cause>`.

@@ -1,6 +1,6 @@
 """LeanDojo as a tactic backend: `TacticSession`'s interface over `lean_dojo.Dojo`.
 
-    with DojoTacticSession(theorem, timeout_s=600) as (session, state0):
+    with DojoTacticSession(theorem, statement, timeout_s=600) as (session, state0):
         result = session.run(state0, "intro x")  # TacticState | ProofFinished | TacticError
 
 LeanDojo (lean-dojo 4.20.0) runs one fresh Lean process per theorem inside a traced repo
@@ -8,7 +8,10 @@ LeanDojo (lean-dojo 4.20.0) runs one fresh Lean process per theorem inside a tra
 
     lean_dojo.TacticState   -> TacticState (goals split as LeanDojo's `parse_goals` does)
     lean_dojo.ProofFinished -> ProofFinished (LeanDojo kernel-checks the proof and refuses
-                               sorry; the tactics are prechecked by us for forbidden constructs)
+                               sorry; the tactics are prechecked by us for forbidden constructs).
+                               Its `proof` is the whole theorem, as TacticSession gives it:
+                               the theorem's statement (`statement`, the declaration up to
+                               `:=`), `:= by`, and the tactics of the path, indented
     lean_dojo.LeanError     -> TacticError
     lean_dojo.ProofGivenUp  -> TacticError (the tactic closed the goal with sorry)
 
@@ -34,16 +37,20 @@ from lean_env.verdict import Accepted
 CHECKED_BY = "LeanDojo (tactic mode; proof checked by LeanDojo, no #print axioms)"
 
 
-def map_result(result: Any, *, sid: int, tactics: tuple[str, ...], elapsed_s: float) -> TacticResult:
-    """A `lean_dojo` tactic result -> our value. `sid` is the id the new state gets and
-    `tactics` the path from the start including this tactic."""
+def map_result(result: Any, *, sid: int, tactics: tuple[str, ...], elapsed_s: float,
+               statement: str) -> TacticResult:
+    """A `lean_dojo` tactic result -> our value. `sid` is the id the new state gets,
+    `tactics` the path from the start including this tactic, `statement` the theorem's
+    declaration up to its `:=` (to assemble the whole theorem of a finished proof)."""
     import lean_dojo
 
     if isinstance(result, lean_dojo.TacticState):
         return TacticState(sid, tuple(g for g in result.pp.split("\n\n") if "⊢" in g))
     if isinstance(result, lean_dojo.ProofFinished):
-        proof = "by\n" + "\n".join("  " + line for t in tactics for line in t.splitlines()) + "\n"
-        return ProofFinished(sid, proof, tactics, Accepted(checked_by=CHECKED_BY, time_s=elapsed_s))
+        body = "\n".join("  " + line for t in tactics for line in t.splitlines())
+        return ProofFinished(sid, f"{statement.rstrip()} := by\n{body}\n", tactics,
+                             Accepted(checked_by=CHECKED_BY, time_s=elapsed_s,
+                                      layers=("static", "lean_dojo")))
     if isinstance(result, lean_dojo.LeanError):
         return TacticError(result.error)
     if isinstance(result, lean_dojo.ProofGivenUp):
@@ -70,12 +77,16 @@ def map_exception(exc: BaseException, *, timeout_s: float) -> LeanEnvError | Non
 class DojoTacticSession:
     """One theorem in LeanDojo; the same `run` contract as `lean_env.tactic.TacticSession`.
 
-    `theorem` is a `lean_dojo.Theorem` of a traced repo; `timeout_s` is LeanDojo's limit per
-    interaction, seconds; `dojo_factory` replaces `lean_dojo.Dojo` (same signature).
+    `theorem` is a `lean_dojo.Theorem` of a traced repo; `statement` its declaration up to the
+    `:=` (`theorem name binders : type`, e.g. `lean_env.acceptance.statement_text(name,
+    formal_statement)`: LeanDojo's states carry goals, not the source); `timeout_s` is
+    LeanDojo's limit per interaction, seconds; `dojo_factory` replaces `lean_dojo.Dojo`.
     """
 
-    def __init__(self, theorem: Any, *, timeout_s: float = 600.0, dojo_factory: Any = None) -> None:
+    def __init__(self, theorem: Any, statement: str, *, timeout_s: float = 600.0,
+                 dojo_factory: Any = None) -> None:
         self.theorem = theorem
+        self.statement = statement
         self.timeout_s = timeout_s
         self._factory = dojo_factory
         self._manager: Any = None
@@ -96,7 +107,7 @@ class DojoTacticSession:
             if mapped is None:
                 raise
             raise mapped from exc
-        first = map_result(state0, sid=0, tactics=(), elapsed_s=0.0)
+        first = map_result(state0, sid=0, tactics=(), elapsed_s=0.0, statement=self.statement)
         if not isinstance(first, TacticState):
             raise ReplStartError(f"LeanDojo started {self.theorem} in an unexpected state: {first}")
         self._nodes.append((state0, ()))
@@ -127,7 +138,7 @@ class DojoTacticSession:
                 raise
             raise mapped from exc
         mapped_result = map_result(result, sid=len(self._nodes), tactics=path + (tactic,),
-                                   elapsed_s=time.perf_counter() - t0)
+                                   elapsed_s=time.perf_counter() - t0, statement=self.statement)
         if isinstance(mapped_result, TacticState | ProofFinished):
             self._nodes.append((result, path + (tactic,)))
         return mapped_result

@@ -163,14 +163,21 @@ def test_dojo_results_map_to_our_values() -> None:
     import lean_dojo
 
     pp = "a b : ℕ\n⊢ a ≤ b\n\na b : ℕ\n⊢ b ≤ a"
-    state = map_result(lean_dojo.TacticState(pp, 4), sid=2, tactics=("constructor",), elapsed_s=0.1)
+    stmt = "theorem t (a b : ℕ) : a ≤ b ∧ b ≤ a"
+    state = map_result(lean_dojo.TacticState(pp, 4), sid=2, tactics=("constructor",), elapsed_s=0.1,
+                       statement=stmt)
     assert state == TacticState(2, ("a b : ℕ\n⊢ a ≤ b", "a b : ℕ\n⊢ b ≤ a")), state
-    done = map_result(lean_dojo.ProofFinished(5, None), sid=3, tactics=("intro", "omega"), elapsed_s=0.1)
+    done = map_result(lean_dojo.ProofFinished(5, None), sid=3, tactics=("intro", "omega"), elapsed_s=0.1,
+                      statement=stmt)
     assert isinstance(done, ProofFinished) and done.tactics == ("intro", "omega"), done
-    assert done.proof == "by\n  intro\n  omega\n" and "LeanDojo" in done.verdict.checked_by, done
-    err = map_result(lean_dojo.LeanError("unknown tactic"), sid=4, tactics=("x",), elapsed_s=0.0)
+    # The whole theorem, as TacticSession's ProofFinished gives it (the ProofFinished contract).
+    assert done.proof == stmt + " := by\n  intro\n  omega\n", done.proof
+    assert "LeanDojo" in done.verdict.checked_by and done.verdict.layers == ("static", "lean_dojo"), done
+    err = map_result(lean_dojo.LeanError("unknown tactic"), sid=4, tactics=("x",), elapsed_s=0.0,
+                     statement=stmt)
     assert err == TacticError("unknown tactic"), err
-    given_up = map_result(lean_dojo.ProofGivenUp(), sid=4, tactics=("x",), elapsed_s=0.0)
+    given_up = map_result(lean_dojo.ProofGivenUp(), sid=4, tactics=("x",), elapsed_s=0.0,
+                          statement=stmt)
     assert isinstance(given_up, TacticError) and "sorry" in given_up.detail, given_up
 
 
@@ -217,17 +224,19 @@ class _ScriptedDojo:
 
 
 def test_dojo_session_plumbing() -> None:
-    with DojoTacticSession("thm", timeout_s=5, dojo_factory=_ScriptedDojo) as (session, s0):
+    stmt = "theorem thm (x : ℕ) : x = x"
+    with DojoTacticSession("thm", stmt, timeout_s=5, dojo_factory=_ScriptedDojo) as (session, s0):
         assert s0 == TacticState(0, ("x : ℕ\n⊢ x = x",)), s0
         assert isinstance(session.run(s0, "blah"), TacticError)
         assert session.run(s0, "sorry") == TacticError(
             "forbidden: `sorry` at line 1: proof left unfinished")
         done = session.run(s0, "rfl")
         assert isinstance(done, ProofFinished) and done.id == 1 and done.tactics == ("rfl",), done
+        assert done.proof == "theorem thm (x : ℕ) : x = x := by\n  rfl\n", done.proof
         with pytest.raises(ReplTimeoutError):
             session.run(s0, "loop")
     with pytest.raises(ReplStartError, match="ast.json"), \
-            DojoTacticSession("broken", dojo_factory=_ScriptedDojo):
+            DojoTacticSession("broken", stmt, dojo_factory=_ScriptedDojo):
         pass
 
 
@@ -240,7 +249,8 @@ def test_dojo_real_run() -> None:
     repo = lean_dojo.LeanGitRepo("https://github.com/yangky11/lean4-example",
                                  "7b6ecb9ad4829e4e73600a3329baeb3b5df8d23f")
     theorem = lean_dojo.Theorem(repo, "Lean4Example.lean", "hello_world")
-    with DojoTacticSession(theorem, timeout_s=120) as (session, s0):
+    statement = "theorem hello_world (a b c : Nat) : a + b + c = a + c + b"
+    with DojoTacticSession(theorem, statement, timeout_s=120) as (session, s0):
         result = session.run(s0, "rw [add_assoc, add_comm b, ←add_assoc]")
         assert isinstance(result, ProofFinished | TacticState), result
 
