@@ -14,8 +14,10 @@ A proof is finished only when it survives the whole acceptance path: the REPL mu
 `proofStatus: Completed` (an old REPL bug accepted `apply t`, the theorem applied to itself;
 without a `proofStatus` at all, no goals is not enough), and then the assembled proof, the
 statement followed by the tactics along the path, must pass `precheck`, run as a command in
-the header's environment and pass `judge` (errors, sorries, `#print axioms`). Tactics are
-checked for forbidden constructs before they reach Lean.
+the header's environment with the appended checks and pass `judge` (errors, sorries, the
+statement check, `#print axioms` at its own line). Tactics are checked for forbidden
+constructs before they reach Lean. The final judge (Comparator) is not run here: a search
+that reports a proof verifies it again through the `Verifier`, where it is.
 """
 
 from __future__ import annotations
