@@ -149,9 +149,10 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
 def with_absolute_paths(config: ProverConfig) -> ProverConfig:
     """The config with every local path it names made absolute, so that the resolved config
     re-runs the job from any working directory. Names that are not local paths (suites, hub
-    ids) stay as they are."""
+    ids) stay as they are. Symbolic links are kept as the user named them (os.path.abspath,
+    not resolve): the record says what was asked for, and the sha256 says what was read."""
     def local(value: Any) -> Any:
-        return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+        return os.path.abspath(value) if value is not None and Path(value).exists() else value
 
     policy, verifier, job = config.policy, config.verifier, config.run
     return config.model_copy(update={
