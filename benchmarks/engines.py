@@ -9,7 +9,7 @@ or --checkpoint) this measures:
   tokens/s     generated tokens / wall seconds of one `generate` call, best of --repeats
                timed calls after one untimed warm-up call; the workload is the prover's own:
                the first --prompts miniF2F-valid statements in the DeepSeek-Prover-V1.5 prompt
-               (`prover.prove.build_prompt`), n=--samples completions each, at most
+               (`prover.prompts.build_prompt`), n=--samples completions each, at most
                --max-tokens new tokens, temperature 1.0, top-p 0.95, a fixed seed;
   load_weights seconds to reload the checkpoint's own weights into the running engine (the
                learner's weight push of an RL loop), then whether the same seeded call
@@ -45,7 +45,7 @@ from benchmarks.common import machine_info, write_json
 from policy.config import PolicyConfig, SamplingConfig
 from policy.engines import PromptResult, make_engine
 from prover.problems import ProblemSetError, load_problems
-from prover.prove import build_prompt
+from prover.prompts import build_prompt
 
 # Row name -> (PolicyConfig.engine, PolicyConfig.enforce_eager).
 ROWS: dict[str, tuple[str, bool]] = {

@@ -15,7 +15,9 @@ from policy.config import SamplingConfig
 from policy.engines import Completion, PromptResult
 from prover.cli import app
 from prover.problems import Problem, load_problems
-from prover.prove import build_prompt, candidate_from_completion, prompt_fit, prove_whole
+from prover.prompts import build_prompt, candidate_from_completion
+from prover.search.attempts import prompt_fit
+from prover.search.whole import prove_whole
 
 runner = CliRunner()
 HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 0\n\nopen BigOperators Real Nat Topology Rat\n\n"

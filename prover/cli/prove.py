@@ -1,6 +1,6 @@
 """`prover prove`: prove theorems from the command line and get back Lean-checked proofs.
 
-Method today: whole-proof sampling (`prover.prove.prove_whole`). Lean-feedback repair and
+Method today: whole-proof sampling (`prover.search.whole.prove_whole`). Lean-feedback repair and
 best-first tactic search arrive with the proving stage as further `--method` values.
 """
 
@@ -82,8 +82,9 @@ def whole(
     from prover.checkpoints import resolve_model
     from prover.cli.lean import STANDIN_LABEL, open_verifier
     from prover.problems import load_problems, resolve_source
-    from prover.prove import context_length, prompt_fit, prove_whole, summarize_records
     from prover.runs import RunDir, RunInterrupted, check_pinned, draw_seed
+    from prover.search.attempts import context_length, prompt_fit, summarize_records
+    from prover.search.whole import prove_whole
 
     config = config_from_context(ctx, {
         "output_dir": out, "policy.checkpoint": model, "policy.engine": engine,
