@@ -296,3 +296,20 @@ def test_cli_prompt_too_long_does_not_abort_the_run(tiny_checkpoint: Path, tmp_p
     assert "NOT CHECKED: long (prompt_too_long: prompt of" in result.stdout, result.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["outcomes"] == {"not_checked:prompt_too_long": 1, "not_proved": 1}, summary
+
+
+def test_budget_meter_reports_which_limit_is_spent():
+    from prover.search.attempts import Budget, BudgetMeter
+    now = [0.0]
+    meter = BudgetMeter(Budget(samples=4, tokens=100, wall_s=2.0), clock=lambda: now[0])
+    assert meter.exhausted() is None, meter.to_json()
+    meter.spend(samples=3, tokens=100)
+    assert meter.exhausted() == "tokens", meter.to_json()
+    meter.spend(samples=1)
+    assert meter.exhausted() == "samples", meter.to_json()
+    assert meter.samples_left() == 0, meter.samples_left()
+    only_time = BudgetMeter(Budget(wall_s=2.0), clock=lambda: now[0])
+    now[0] = 2.5
+    assert only_time.exhausted() == "wall_s", only_time.to_json()
+    with pytest.raises(ValueError, match="got 0"):
+        Budget(samples=0)

@@ -4,6 +4,7 @@ problem's result, with the summary counts that the CLI, bench and RL rollouts sh
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,69 @@ from policy.engines import Completion
 from prover.problems import Problem
 
 PROMPT_TOO_LONG = "prompt_too_long"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one problem may spend, for every method (whole, repair, best-first); None = no limit.
+
+    samples: completions drawn from the policy (every repair round's samples count);
+    tokens: generated tokens summed over those completions (prompt tokens not counted);
+    wall_s: seconds of wall time from the problem's first request. A method checks
+    `BudgetMeter.exhausted()` before each new request, so a request in flight finishes and
+    the spend may pass a limit by at most one request's worth.
+    """
+
+    samples: int | None = None
+    tokens: int | None = None
+    wall_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for field, value in (("samples", self.samples), ("tokens", self.tokens), ("wall_s", self.wall_s)):
+            if value is not None and not value > 0:
+                raise ValueError(f"Budget.{field} must be positive or None, got {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "tokens": self.tokens, "wall_s": self.wall_s}
+
+
+class BudgetMeter:
+    """Tracks one problem's spend against a `Budget`; `clock` is injectable for tests."""
+
+    def __init__(self, budget: Budget, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self.samples = 0
+        self.tokens = 0
+        self._clock = clock
+        self._start = clock()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._clock() - self._start
+
+    def spend(self, samples: int = 0, tokens: int = 0) -> None:
+        self.samples += samples
+        self.tokens += tokens
+
+    def samples_left(self) -> int | None:
+        """Samples that may still be drawn (None: unlimited)."""
+        return None if self.budget.samples is None else max(0, self.budget.samples - self.samples)
+
+    def exhausted(self) -> str | None:
+        """None while every limit has room, else which limit is spent (`samples`, `tokens`, `wall_s`)."""
+        b = self.budget
+        if b.samples is not None and self.samples >= b.samples:
+            return "samples"
+        if b.tokens is not None and self.tokens >= b.tokens:
+            return "tokens"
+        if b.wall_s is not None and self.elapsed_s >= b.wall_s:
+            return "wall_s"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The spend, as reports print it."""
+        return {"samples": self.samples, "tokens": self.tokens, "wall_s": round(self.elapsed_s, 3),
+                "budget": self.budget.to_json(), "exhausted": self.exhausted()}
 
 
 @dataclass(frozen=True)
