@@ -44,10 +44,12 @@ class RolloutConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt_template: Literal["deepseek-prover-v1.5", "plain"] = Field(
+    prompt_template: Literal["deepseek-prover-v1.5", "plain", "deepseek-prover-v2", "goedel-prover-v2",
+                             "kimina-prover"] = Field(
         "deepseek-prover-v1.5",
-        description="'deepseek-prover-v1.5': \"Complete the following Lean 4 code:\\n\\n```lean4\\n\" + header "
-        "+ informal_prefix + formal_statement (the field's standard non-CoT prompt); 'plain': the Lean text alone.",
+        description="Prompt of a released prover (prover/prompts.py TEMPLATES, each citing its source): "
+        "'deepseek-prover-v1.5' (non-CoT: \"Complete the following Lean 4 code:\" + the Lean file), 'plain' (the "
+        "Lean text alone), and the chat/CoT prompts 'deepseek-prover-v2', 'goedel-prover-v2', 'kimina-prover'.",
     )
     prompts_per_step: int = Field(32, ge=1, description="Distinct problems sampled per training step.")
     verify_concurrency: int = Field(

@@ -146,7 +146,8 @@ def test_prompt_longer_than_the_context_is_a_per_problem_outcome(tmp_path: Path)
     assert engine.calls[0][0] == [build_prompt(PROBLEM, "plain")], "the long prompt never reaches the engine"
 
 
-def test_prove_whole_yields_each_batch_as_it_is_verified(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_prove_whole_yields_each_batch_as_it_is_verified(tmp_path: Path, stream: bool) -> None:
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"rules": []}))
     engine = ScriptedEngine(["  omega\n```", "  simp\n```"])
@@ -155,10 +156,12 @@ def test_prove_whole_yields_each_batch_as_it_is_verified(tmp_path: Path) -> None
     verified: list[int] = []
     with Verifier(VerifierConfig(backend="standin", standin_rules=rules, workers=2)) as verifier:
         results = prove_whole(problems, engine, verifier, SamplingConfig(n=2), template="plain",
-                              problems_per_batch=2, on_verified=verified.append)
+                              problems_per_batch=2, on_verified=verified.append, stream=stream)
         first = next(results)
-        assert (first.problem.id, len(engine.calls), sum(verified)) == ("t0", 1, 4), \
-            (first.problem.id, len(engine.calls), verified)   # one batch of two problems, nothing more
+        # without streaming: one batch of two problems, nothing more; streaming: the next batch is
+        # generated while the first is verified, and the first is yielded after that
+        assert (first.problem.id, len(engine.calls)) == ("t0", 2 if stream else 1) and sum(verified) >= 4, \
+            (first.problem.id, len(engine.calls), verified)
         rest = list(results)
     assert [len(prompts) for prompts, _ in engine.calls] == [2, 2, 1], engine.calls
     assert [r.problem.id for r in [first, *rest]] == [p.id for p in problems] and sum(verified) == 10, verified

@@ -90,11 +90,14 @@ class Attempt:
     completion: Completion
     candidate: str
     verdict: Verdict
+    round: int = 0              # repair: 0 for a first attempt, r for the r-th correction
+    parent: int | None = None   # repair: the `sample` this attempt corrects
 
     def to_json(self) -> dict[str, Any]:
         return {"sample": self.sample, "candidate": self.candidate,
                 "finish_reason": self.completion.finish_reason,
-                "tokens": len(self.completion.token_ids), "verdict": self.verdict.to_json()}
+                "tokens": len(self.completion.token_ids), "verdict": self.verdict.to_json()} | (
+                    {"round": self.round, "parent": self.parent} if self.round else {})
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,14 @@ class ProofResult:
 
     `skipped` names why no sample was drawn (`prompt_too_long`: the prompt does not fit the
     model's context), with `detail` giving the numbers; such a problem has no attempts.
+    `spent` is what the method spent on the problem against its budget.
     """
 
     problem: Problem
     attempts: tuple[Attempt, ...]
     skipped: str | None = None
     detail: str = ""
+    spent: dict[str, Any] | None = None   # BudgetMeter.to_json(): samples, tokens, wall_s, budget
 
     @property
     def proof(self) -> str | None:
@@ -129,7 +134,7 @@ class ProofResult:
         return {"id": self.problem.id, "name": self.problem.name, "origin": self.problem.origin,
                 "outcome": self.outcome, "proved": self.proved, "proof": self.proof,
                 "header": self.problem.header, "attempts": [a.to_json() for a in self.attempts]} | (
-                    {"detail": self.detail} if self.detail else {})
+                    {"detail": self.detail} if self.detail else {}) | ({"spent": self.spent} if self.spent else {})
 
 
 def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
