@@ -316,3 +316,53 @@ def test_budget_meter_reports_which_limit_is_spent():
     assert only_time.exhausted() == "wall_s", only_time.to_json()
     with pytest.raises(ValueError, match="got 0"):
         Budget(samples=0)
+
+
+def test_cli_prove_theorem_string_with_repair(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    rules = tmp_path / "reject.json"
+    rules.write_text(json.dumps({"rules": [{"regex": r"#print\s+axioms", "messages": [
+        {"severity": "error", "pos": {"line": 2, "column": 2}, "data": "stand-in: no rule"}]}]}))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["prove", "theorem foo : 1 + 1 = 2 := by sorry", "--model", str(tiny_checkpoint),
+                                 "--engine", "transformers", "--method", "repair", "--rounds", "1", "--samples", "2",
+                                 "--max-tokens", "8", "--budget-samples", "3", "--seed", "1", "--out", str(out),
+                                 "--standin", str(rules), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["method"], summary["total"], summary["budget"]["samples"]) == ("repair", 1, 3), summary
+    brief, = summary["results"]
+    assert brief["id"] == "foo" and brief["spent"]["samples"] == 3, brief   # 2 samples + 1 correction
+    assert brief["best_attempt"]["messages"][0] == "2:2: error: stand-in: no rule", brief
+    assert (out / "theorem.lean").read_text().startswith("import Mathlib\nimport Aesop\n"), "the default header"
+    row = json.loads((out / "results.jsonl").read_text())
+    assert [a.get("round", 0) for a in row["attempts"]] == [0, 0, 1], row["attempts"]
+
+
+def test_cli_prove_lean_file_and_bad_targets(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    rules = tmp_path / "accept.json"
+    rules.write_text(json.dumps({"rules": []}))
+    lean = tmp_path / "two.lean"
+    lean.write_text("import Mathlib\n\ntheorem a1 : 1 = 1 := by\n  sorry\n\ntheorem a2 : 2 = 2 := by sorry\n")
+    result = runner.invoke(app, ["prove", str(lean), "--model", str(tiny_checkpoint), "--engine", "transformers",
+                                 "--samples", "1", "--max-tokens", "4", "--out", str(tmp_path / "run"),
+                                 "--standin", str(rules)])
+    assert result.exit_code in (0, 1), result.output
+    assert "a1" in result.stdout and "a2" in result.stdout and "[stand-in (not Lean)]" in result.stdout, result.stdout
+    mixed = runner.invoke(app, ["prove", str(lean), "mathd_algebra_10", "--model", str(tiny_checkpoint),
+                                "--out", str(tmp_path / "run2")])
+    assert mixed.exit_code == 2 and "not a mix" in mixed.stderr, mixed.output
+    header = runner.invoke(app, ["prove", "mathd_algebra_10", "--header", "import Mathlib", "--model",
+                                 str(tiny_checkpoint), "--out", str(tmp_path / "run3")])
+    assert header.exit_code == 2 and "--header applies only" in header.stderr, header.output
+    method = runner.invoke(app, ["prove", "x", "--method", "mcts", "--model", str(tiny_checkpoint)])
+    assert method.exit_code == 2 and "expected one of whole, repair, search, got 'mcts'" in method.stderr, method.output
+
+
+def test_cli_prove_search_says_when_it_is_not_available(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import importlib.util
+    if importlib.util.find_spec("prover.search.best_first") is not None:
+        pytest.skip("best-first search is installed")
+    result = runner.invoke(app, ["prove", "mathd_algebra_10", "--problems", "minif2f-valid", "--method", "search",
+                                 "--model", str(tiny_checkpoint), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "method 'search' (best-first tactic search) is not available" in result.stderr, \
+        result.output
