@@ -1,0 +1,111 @@
+"""Benchmark of generation/verification overlap in whole-proof sampling (issue 10 item 7).
+
+Times `prover.search.whole.prove_whole` on the same checkpoint, problems, seed and verifier
+twice: `stream=False` (each batch generated, then verified, one after the other) and
+`stream=True` (batch i verified on a background thread while batch i+1 is generated). The
+verifier is the stand-in REPL with a simulated Lean time per check (a rule with `sleep_s`),
+so the verification side has a known cost; the engine's own time is measured by a timing
+wrapper. Without overlap the whole verification time adds to the generation time; with it,
+only what generation cannot hide (at least the last batch's verification) stays exposed. The
+report gives wall times and the exposed verification time (wall minus time inside the
+engine), which does not swing with the machine's load as generation time does.
+
+    python -m benchmarks.overlap --model runs/tiny [--engine transformers] [--out runs/bench/overlap.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine_info, write_json
+from lean_env.config import VerifierConfig
+from lean_env.verifier import Verifier
+from policy.config import PolicyConfig, SamplingConfig
+from policy.engines import GenerationEngine, PromptResult, make_engine
+from prover.problems import load_problems
+from prover.search.whole import prove_whole
+
+
+class TimedEngine:
+    """Wraps an engine and adds up the seconds spent in `generate`."""
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.engine, self.seconds = engine, 0.0
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
+        start = time.perf_counter()
+        try:
+            return self.engine.generate(prompts, sampling)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def run_once(engine: GenerationEngine, verifier: Verifier, problems: Sequence[Any], sampling: SamplingConfig, *,
+             stream: bool, problems_per_batch: int) -> dict[str, Any]:
+    timed = TimedEngine(engine)
+    start = time.perf_counter()
+    results = list(prove_whole(problems, timed, verifier, sampling, template="deepseek-prover-v1.5",  # type: ignore[arg-type]
+                               problems_per_batch=problems_per_batch, stream=stream))
+    wall = time.perf_counter() - start
+    return {"stream": stream, "wall_s": round(wall, 3), "generate_s": round(timed.seconds, 3),
+            "samples": sum(len(r.attempts) for r in results)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder (`prover model init --preset tiny --out DIR`)")
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument("--problems", type=int, default=8, help="miniF2F-valid problems")
+    parser.add_argument("--problems-per-batch", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=4, help="samples per problem")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--check-s", type=float, default=0.25, help="simulated Lean seconds per check")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/overlap.json"))
+    args = parser.parse_args()
+
+    problems = load_problems("minif2f-valid", limit=args.problems)
+    sampling = SamplingConfig(n=args.samples, max_tokens=args.max_tokens, seed=0)
+    report: dict[str, Any] = {"benchmark": "overlap", "machine": machine_info(), "settings": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / "rules.json"   # every check takes check_s seconds (and is rejected)
+        rules.write_text(json.dumps({"rules": [{"regex": r"#print\s+axioms", "sleep_s": args.check_s}]}))
+        config = VerifierConfig(backend="standin", standin_rules=rules, workers=args.workers)
+        with make_engine(PolicyConfig(checkpoint=args.model, engine=args.engine)) as engine, Verifier(config) as verifier:
+            run_once(engine, verifier, problems[:args.problems_per_batch], sampling, stream=False,
+                     problems_per_batch=args.problems_per_batch)   # warm-up: first-call costs out of the numbers
+            for _ in range(args.repeats):
+                for stream in (False, True):
+                    report["runs"].append(run_once(engine, verifier, problems, sampling, stream=stream,
+                                                   problems_per_batch=args.problems_per_batch))
+                    write_json(report, args.out)
+    def median(key: str, stream: bool) -> float:
+        return round(statistics.median(r[key] for r in report["runs"] if r["stream"] is stream), 3)
+
+    # Generation time swings with the machine's load (shared CPUs), so the robust number is the
+    # verification time left exposed: wall time minus time inside the engine.
+    for r in report["runs"]:
+        r["exposed_verify_s"] = round(r["wall_s"] - r["generate_s"], 3)
+    report["summary"] = {
+        "wall_s_sequential": median("wall_s", False), "wall_s_streaming": median("wall_s", True),
+        "generate_s_sequential": median("generate_s", False), "generate_s_streaming": median("generate_s", True),
+        "exposed_verify_s_sequential": median("exposed_verify_s", False),
+        "exposed_verify_s_streaming": median("exposed_verify_s", True),
+        "simulated_verify_s": round(args.problems * args.samples * args.check_s / args.workers, 3),
+        "last_batch_verify_s": round(args.problems_per_batch * args.samples * args.check_s / args.workers, 3),
+    }
+    write_json(report, args.out)
+    print(json.dumps(report["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
