@@ -29,6 +29,7 @@ import pytest
 from lean_env.config import VerifierConfig
 from lean_env.pool import ReplPool
 from lean_env.standin import CHECKED_BY, command
+from lean_env.standin.rules import RuleTableError, load_rules
 from lean_env.verdict import Rejected, RejectReason, Verdict
 from lean_env.verifier import Verifier, VerifyRequest
 from policy.config import SamplingConfig
@@ -134,6 +135,7 @@ def test_finds_the_shortest_proof_in_score_order(verifier: Verifier) -> None:
     # R: dive1 symm rw bogus; B1: dive2 symm_b; B2: dive3; A: close_bad (rejected by the full check), exact h
     assert (stats.expansions, stats.tactic_calls, stats.tactic_errors, stats.merged, stats.stopped) == \
         (4, 9, 2, 2, "proved"), stats
+    assert (stats.samples, stats.tokens) == (4 * SAMPLING.n, 4 * SAMPLING.n * 2), stats
     (attempt,) = result.attempts
     assert attempt.verdict.accepted and CHECKED_BY in attempt.verdict.checked_by, attempt.verdict
     assert attempt.completion.text == "symm\nexact h" and attempt.completion.logprobs == (-0.5, -0.5, -0.25, -0.25), \
@@ -295,6 +297,21 @@ def test_a_hanging_tactic_ends_that_search_only() -> None:
     assert by_id["tree"].proved, by_id["tree"].detail
 
 
+def test_standin_tactic_rules_conditioned_on_goals(tmp_path: Path) -> None:
+    table = load_rules(RULES)
+    matched = [(r.name if r else None) for r in (table.match("symm", "tactic", "⊢ b = a"),
+                                                  table.match("symm", "tactic", A),
+                                                  table.match("exact h", "tactic", A))]
+    assert matched == ["R_symm", "no_rule", "A_exact"], matched
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rules": [{"substring": "x", "goal": "⊢ p"}]}))
+    with pytest.raises(RuleTableError, match="'goal' applies to tactic rules only"):
+        load_rules(bad)
+    bad.write_text(json.dumps({"rules": [{"on": "tactic", "substring": "x", "goal": "("}]}))
+    with pytest.raises(RuleTableError, match=r"rules\[0\]\.goal: bad pattern"):
+        load_rules(bad)
+
+
 def test_statement_that_does_not_declare_the_theorem(verifier: Verifier) -> None:
     bad = Problem(name="missing", split="test", header=HEADER, id="missing",
                   formal_statement="theorem other : True := by\n")
@@ -310,10 +327,19 @@ def test_tiny_checkpoint_through_the_transformers_engine(tmp_path: Path, verifie
 
     init_checkpoint("tiny", tmp_path / "tiny")
     config = PolicyConfig(checkpoint=str(tmp_path / "tiny"), engine="transformers", max_model_len=512)
-    with make_engine(config) as engine:
+    calls: list[list[PromptResult]] = []
+    with make_engine(config) as real:
+        class Counting:
+            def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
+                calls.append(real.generate(prompts, sampling))
+                return calls[-1]
+
         results = list(prove_best_first(
-            [problem("tree"), problem("tree2")], engine, verifier,
+            [problem("tree"), problem("tree2")], Counting(), verifier,  # type: ignore[arg-type]
             SamplingConfig(n=2, max_tokens=8, seed=1), budget=SearchBudget(expansions=2)))
+    # both roots went to the engine together, each with 2 sampled tactics and their log-probs
+    assert len(calls[0]) == 2 and all(len(r.completions) == 2 for r in calls[0]), calls[0]
+    assert all(len(c.logprobs) == len(c.token_ids) > 0 for r in calls[0] for c in r.completions), calls[0]
     for result in results:   # an untrained model proposes noise: the tree's catch-all rejects it
         stats = result.stats
         assert not result.proved and 1 <= stats.expansions <= 2 and stats.tactic_calls >= 1, stats

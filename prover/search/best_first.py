@@ -176,6 +176,8 @@ class SearchStats:
     broken (the session's process died: `detail` has the error)."""
 
     expansions: int = 0
+    samples: int = 0                # tactics sampled from the policy (sampling.n per expansion)
+    tokens: int = 0                 # tokens generated for them
     tactic_calls: int = 0
     tactic_errors: int = 0
     merged: int = 0                 # new states whose goals were already seen: merged
@@ -186,7 +188,8 @@ class SearchStats:
     detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"expansions": self.expansions, "tactic_calls": self.tactic_calls,
+        return {"expansions": self.expansions, "samples": self.samples, "tokens": self.tokens,
+                "tactic_calls": self.tactic_calls,
                 "tactic_errors": self.tactic_errors, "merged": self.merged, "states": self.states,
                 "prompts_refused": self.prompts_refused, "wall_s": round(self.wall_s, 3),
                 "stopped": self.stopped} | ({"detail": self.detail} if self.detail else {})
@@ -263,6 +266,8 @@ class _Search:
         """Run the distinct proposed tactics on `node`, best log-probability first; push new
         states, merge seen ones, stop at a finished proof or a budget."""
         self.stats.expansions += 1
+        self.stats.samples += len(completions)
+        self.stats.tokens += sum(len(c.token_ids) for c in completions)
         proposals: dict[str, tuple[float, Completion]] = {}
         for completion in completions:
             tactic, lp = completion.text.strip(), tactic_logprob(completion)
