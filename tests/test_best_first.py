@@ -319,6 +319,12 @@ def test_statement_that_does_not_declare_the_theorem(verifier: Verifier) -> None
     assert (result.outcome, engine.calls) == ("not_checked:statement_error", []), result
 
 
+def test_a_process_that_dies_on_the_statement_ends_only_that_problem(verifier: Verifier) -> None:
+    results, _ = search([problem("crash_tree"), problem("tree")], verifier, length_alpha=0.0)
+    outcomes = {r.problem.id: r.outcome for r in results}
+    assert outcomes == {"crash_tree": "not_checked:infrastructure", "tree": "proved"}, (outcomes, results[0].detail)
+
+
 @pytest.mark.slow
 def test_tiny_checkpoint_through_the_transformers_engine(tmp_path: Path, verifier: Verifier) -> None:
     from policy.config import PolicyConfig

@@ -172,8 +172,9 @@ class SearchBudget:
 @dataclass
 class SearchStats:
     """What one search did. `stopped`: proved, exhausted (frontier empty), expansions,
-    tactic_calls, wall_s (budgets), rejected (the Verifier rejected the found proof) or
-    broken (the session's process died: `detail` has the error)."""
+    tactic_calls, wall_s (budgets), rejected (the Verifier rejected the found proof), broken
+    (the session's process died mid-search: `detail` has the error), or, with no search run,
+    statement_error / infrastructure (the session could not start; `ProofResult.skipped`)."""
 
     expansions: int = 0
     samples: int = 0                # tactics sampled from the policy (sampling.n per expansion)
@@ -351,6 +352,11 @@ def prove_best_first(problems: Sequence[Problem], engine: GenerationEngine, veri
             stack.close()
             return SearchResult(problem, (), skipped="statement_error", detail=str(exc),
                                 stats=SearchStats(stopped="statement_error", detail=str(exc)))
+        except LeanEnvError as exc:   # the process died or hung on the statement: not the search's fault
+            stack.close()
+            why = f"{type(exc).__name__}: {exc}"
+            return SearchResult(problem, (), skipped="infrastructure", detail=why,
+                                stats=SearchStats(stopped="infrastructure", detail=why))
         except BaseException:
             stack.close()
             raise
