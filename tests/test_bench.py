@@ -248,3 +248,50 @@ def test_kill_9_mid_run_loses_only_problems_in_flight_and_resume_counts_each_onc
     assert summary["pass_at_k"] == [row.to_json() for row in expected], (summary["pass_at_k"], expected)
     assert any(r["correct"] for r in rows) and not all(r["correct"] == 4 for r in rows), \
         [r["correct"] for r in rows]   # a table that tells the estimator's values apart
+
+
+def test_sigterm_mid_run_exits_130_with_a_partial_summary_and_report(tiny: Path, tmp_path: Path,
+                                                                       shared_data: Path) -> None:
+    out = tmp_path / "run"
+    args = ["bench", "--suite", "minif2f-valid", "--limit", "8", "--n", "2", "--k", "1", "--model", str(tiny),
+            "--problems-per-batch", "1", "--seed", "5", "--out", str(out), "--standin", str(ACCEPT)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", DRIVER.format(tests=str(REPO / "tests"), args=args)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if results.is_file() and len(results.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, f"exit {process.returncode}: {stderr[-2000:]}"
+    done = len(results.read_text().splitlines())
+    assert f"interrupted: {done}/8 written to {out}" in stderr, stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["complete"], summary["interrupted"]) == (done, False, True), summary
+    assert summary["pass_at_k"][0]["problems"] == done, summary["pass_at_k"]
+    report = (out / "report.md").read_text()
+    assert f"Partial run: {done}/8 problems done" in report and "stand-in (not Lean)" in report, report[:600]
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_rows_share_one_workload(shared_data: Path, tmp_path: Path) -> None:
+    """`python -m benchmarks.rollout` as a user runs it: raw vLLM, our engine and prove_whole
+    generate the same tokens (one seed, one LLM), and the JSON holds each row's ratio."""
+    out = tmp_path / "rollout.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.rollout", "--prompts", "1", "--samples", "2",
+                           "--max-tokens", "8", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    report = json.loads(out.read_text())
+    rows = {r["row"]: r for r in report["results"]}
+    assert list(rows) == ["raw_vllm", "ours_engine", "ours_whole", "transformers"], list(rows)
+    tokens = {name: row["tokens"] for name, row in rows.items()}
+    assert tokens["raw_vllm"] == tokens["ours_engine"] == tokens["ours_whole"] > 0, tokens
+    assert all(row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"]) for row in rows.values()), rows
+    assert report["over_raw_vllm"]["raw_vllm"] == 1.0 and set(report["over_raw_vllm"]) == set(rows), report
+    assert "ours_whole" in done.stdout and "/ raw vLLM" in done.stdout, done.stdout[-2000:]
