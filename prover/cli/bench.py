@@ -115,12 +115,14 @@ def bench(
         "benchmark.k": _parse_ks(k) if k is not None else None, "benchmark.suite": suite or problems,
         "benchmark.split": split, "benchmark.limit": limit,
     })
-    if config.policy.checkpoint is None:
-        raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
     job = config.run
     if suite is None and problems is None:   # a resolved config re-runs its own job
-        suite, problems = (config.benchmark.suite, job.problems) if job.command == "bench" else (None, None)
+        if job.command != "bench":
+            raise UserError("name the problems: --suite NAME (see `prover data suites`) or --problems PATH")
+        suite, problems = config.benchmark.suite, job.problems
         problems = None if problems == suite else problems
+    if config.policy.checkpoint is None:
+        raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
     run = RunDir.prepare(config.output_dir, key="id", force=force, resume=resume)   # before any work
     checkpoint = resolve_model(config.policy.checkpoint)
     config = config.model_copy(update={"policy": config.policy.model_copy(update={"checkpoint": str(checkpoint)})})
@@ -230,7 +232,7 @@ def compare(
         return "-" if value is None else f"{100 * value:.1f}%"
 
     per_k = Table(title=f"pass@k, B - A over {diff['common_problems']} common problems")
-    for column in ("k", "A", "B", "B - A", "SE"):
+    for column in ("k", "A", "B", "B - A (points)", "SE"):
         per_k.add_column(column, justify="right")
     for row in diff["pass_at_k"]:
         per_k.add_row(str(row["k"]), pct(row["a"]), pct(row["b"]),
@@ -238,7 +240,7 @@ def compare(
     console.print(per_k)
     changed = [p for p in diff["problems"] if p["changed"]]
     problems = Table(title=f"problems that changed ({len(changed)} of {diff['common_problems']})")
-    for column in ("problem", "A correct", "B correct", *(f"pass@{r['k']} B - A" for r in diff["pass_at_k"])):
+    for column in ("problem", "A correct", "B correct", *(f"pass@{r['k']} B - A (points)" for r in diff["pass_at_k"])):
         problems.add_column(column)
     for p in changed:
         problems.add_row(p["id"], p["a"], p["b"], *(
