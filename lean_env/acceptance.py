@@ -647,7 +647,10 @@ _SORRY_WARNING = "declaration uses 'sorry'"
 
 
 def _plain(lean_name: str) -> str:
-    return lean_name.replace("«", "").replace("»", "")
+    """A printed constant name compared without guillemets and without a `_root_.` prefix
+    (we ask for `_root_.NAME`; Lean prints the constant's own name)."""
+    plain = lean_name.replace("«", "").replace("»", "")
+    return plain.removeprefix("_root_.")
 
 
 def judge(name: str, response: CommandResponse | ErrorReply, *, command: LeanCommand,

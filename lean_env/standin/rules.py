@@ -10,6 +10,10 @@ A rule table is a JSON file:
           "name": "hang",                 // optional; names its max_fires counter
           "substring": "theorem hang_",   // or "regex": "..."; exactly one of the two
           "on": "command",                // "command" (cmd text) or "tactic" (tactic text)
+          "goal": "⊢ A",                  // tactic rules only, optional: a regex that must
+                                          // also occur in the goals of the proof state the
+                                          // tactic runs on (joined by blank lines), so a
+                                          // table can describe a tactic tree
           "sleep_s": 0.0,                 // simulated Lean time before replying, seconds
           "grow_mb": 0,                   // allocate and keep this many MiB (RSS grows)
           "stderr_kb": 0,                 // write this many KiB to stderr first (a chatty
@@ -55,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 FAULTS = ("hang", "crash", "oom", "garbage", "sorry_warning_without_sorries")
-_RULE_KEYS = {"name", "substring", "regex", "on", "sleep_s", "grow_mb", "stderr_kb", "fault",
+_RULE_KEYS = {"name", "substring", "regex", "goal", "on", "sleep_s", "grow_mb", "stderr_kb", "fault",
               "max_fires",
               "messages", "sorries", "axioms", "goals", "proof_status", "error"}
 _SEVERITIES = ("trace", "info", "warning", "error")
@@ -70,6 +74,7 @@ class Rule:
     name: str
     pattern: re.Pattern[str]
     on: str
+    goal: re.Pattern[str] | None = None     # tactic rules: must occur in the state's goals
     sleep_s: float = 0.0
     grow_mb: int = 0
     stderr_kb: int = 0
@@ -88,10 +93,12 @@ class RuleTable:
     header_import_s: float
     rules: tuple[Rule, ...]
 
-    def match(self, text: str, on: str) -> Rule | None:
-        """First rule for this request kind whose pattern occurs in `text`."""
+    def match(self, text: str, on: str, goals: str = "") -> Rule | None:
+        """First rule for this request kind whose pattern occurs in `text` and, for a rule
+        with a `goal` pattern, whose goal pattern occurs in `goals` (the proof state's goals)."""
         for rule in self.rules:
-            if rule.on == on and rule.pattern.search(text):
+            if rule.on == on and rule.pattern.search(text) and (
+                    rule.goal is None or rule.goal.search(goals)):
                 return rule
         return None
 
@@ -128,6 +135,13 @@ def _rule(where: str, index: int, obj: Any) -> Rule:
     on = obj.get("on", "command")
     if on not in ("command", "tactic"):
         raise RuleTableError(f"{where}: 'on' must be 'command' or 'tactic', got {on!r}")
+    goal = obj.get("goal")
+    if goal is not None and on != "tactic":
+        raise RuleTableError(f"{where}: 'goal' applies to tactic rules only (this rule is on {on!r})")
+    try:
+        goal_pattern = None if goal is None else re.compile(goal)
+    except (re.error, TypeError) as exc:
+        raise RuleTableError(f"{where}.goal: bad pattern: {exc}") from exc
     fault = obj.get("fault")
     if fault is not None and fault not in FAULTS:
         raise RuleTableError(f"{where}: unknown fault {fault!r}; known: {FAULTS}")
@@ -143,7 +157,7 @@ def _rule(where: str, index: int, obj: Any) -> Rule:
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise RuleTableError(f"{where}.{key}: expected a list of strings, got {value!r}")
     return Rule(
-        name=str(obj.get("name", f"rule{index}")), pattern=pattern, on=on,
+        name=str(obj.get("name", f"rule{index}")), pattern=pattern, on=on, goal=goal_pattern,
         sleep_s=float(_number(f"{where}.sleep_s", obj.get("sleep_s", 0.0))),
         grow_mb=_number(f"{where}.grow_mb", obj.get("grow_mb", 0), integer=True),
         stderr_kb=_number(f"{where}.stderr_kb", obj.get("stderr_kb", 0), integer=True),

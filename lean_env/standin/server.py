@@ -265,7 +265,7 @@ class StandinRepl:
         if proof_state not in self.proof_states:
             return {"message": "Unknown proof state."}
         self._log("tactic", proofState=proof_state)
-        rule = self.table.match(tactic, "tactic")
+        rule = self.table.match(tactic, "tactic", "\n\n".join(self.proof_states[proof_state]))
         fault = self._apply_effects(rule)
         if fault == "garbage":
             return "stand-in: injected garbage, this is not JSON"

