@@ -41,31 +41,16 @@ from prover.search.attempts import summarize_records
 if TYPE_CHECKING:
     from prover.config import ProverConfig
 
-# --method NAME -> (module, function). Every method has prove_whole's shape: problems, engine,
-# verifier, sampling, keyword budgets -> a generator of ProofResult.
-METHODS: dict[str, tuple[str, str]] = {
-    "whole": ("prover.search.whole", "prove_whole"),
-    "repair": ("prover.search.repair", "prove_repair"),
-    "search": ("prover.search.best_first", "prove_best_first"),
-}
+def load_method(name: str) -> str:
+    """Check that `--method NAME` can run here (prover.search.methods is the one dispatcher);
+    an unknown or missing method is a UserError before any work starts."""
+    from prover.search.methods import MethodNotAvailable, ensure_available
 
-
-def load_method(name: str) -> Callable[..., Iterator[Any]]:
-    """The proving function `--method NAME` names; a method not in this checkout is a UserError."""
-    if name not in METHODS:
-        raise UserError(f"--method {name!r}: choose one of {', '.join(METHODS)}")
-    module_name, function = METHODS[name]
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise UserError(f"--method {name}: not available yet ({module_name} is not in this checkout); "
-                        "use --method whole") from None
-    found = getattr(module, function, None)
-    if found is None:
-        raise UserError(f"--method {name}: not available yet ({module_name} has no {function})")
-    return found
+        ensure_available(name)
+    except (ValueError, MethodNotAvailable) as exc:
+        raise UserError(f"--method {name}: {exc}") from None
+    return name
 
 
 @dataclass(frozen=True)
@@ -130,11 +115,13 @@ def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: P
     """Run `method` over `problems`, yielding each problem's results.jsonl record as it finishes:
     every attempt (candidate, verdict with Lean's messages and check time, tokens), the problem's
     samples and correct count, and when it finished (seconds since this call began)."""
-    prove = load_method(method)
+    from prover.search.methods import MethodOptions, prove_problems
+
     started = time.perf_counter()
-    for result in prove(problems, engine, verifier, config.policy.sampling,
-                        template=config.rollout.prompt_template, problems_per_batch=config.run.problems_per_batch,
-                        prompt_check=prompt_check, on_verified=on_verified):
+    options = MethodOptions(problems_per_batch=config.run.problems_per_batch)
+    for result in prove_problems(load_method(method), problems, engine, verifier,  # type: ignore[arg-type]
+                                 config.policy.sampling, template=config.rollout.prompt_template,
+                                 options=options, prompt_check=prompt_check, on_verified=on_verified):
         record = result.to_json()
         n, c = counts(record, config.policy.sampling.n)
         yield record | {"method": method, "samples": n, "correct": c,
