@@ -171,7 +171,7 @@ def make_verifier(config: VerifierConfig) -> Any:
     """The verifier `config` asks for, behind one calling convention (`verify`, `verify_many`,
     `verify_batch`, `with`/`async with`): the REPL pool for 'repl' (the pinned toolchain
     unless `repl_command` is set) and 'standin' (the test double, `standin_rules` required),
-    kimina-lean-server's client for 'kimina'.
+    kimina-lean-server's client for 'kimina', a fleet of `prover lean serve` servers for 'remote'.
 
     Raises `VerifierConfigError` for a configuration that names no usable backend (a user's
     mistake) and `ToolchainError` when the pinned Lean toolchain is missing (nothing can check).
@@ -192,6 +192,13 @@ def make_verifier(config: VerifierConfig) -> Any:
         from lean_env.backends.kimina import KiminaVerifier  # imports this module
 
         return KiminaVerifier(config)
+    if config.backend == "remote":
+        if not config.remote_urls:
+            raise VerifierConfigError("verifier.backend 'remote' needs verifier.remote_urls "
+                                      "(servers started with `prover lean serve`)")
+        from lean_env.backends.remote import RemoteVerifier  # imports this module
+
+        return RemoteVerifier(config)
     if config.backend == "dojo":
         raise VerifierConfigError("verifier.backend 'dojo' serves tactic sessions only (LeanDojo); "
                                   "checking whole proofs needs backend 'repl' or 'kimina'")
