@@ -80,6 +80,19 @@ class VerifierConfig(BaseModel):
         "PoolSaturatedError at once (back-pressure, like kimina-lean-server's HTTP 429). "
         "`Verifier.verify_batch` feeds the pool at its own pace and never hits it.",
     )
+    key_by_imports: bool = Field(
+        True,
+        description="Key the pool's REPLs by the header's import lines only; its set_option/open "
+        "lines travel with each command (kimina-lean-server's way), so problems whose headers "
+        "differ only in those share REPLs. The acceptance checks still see the whole header. "
+        "Headers holding other commands are keyed whole. False: key by the whole header.",
+    )
+    gc_commands: bool = Field(
+        True,
+        description="Send each candidate with `\"gc\": true`, so the REPL drops the environment "
+        "the candidate created (kimina-lean-server's way): its memory stays flat between "
+        "recycles. REPL builds without the option ignore it (and grow, as before).",
+    )
     retries: int = Field(
         2, ge=0, description="Retries of a candidate after an infrastructure failure (crash, garbage) before NotChecked."
     )

@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import psutil
@@ -281,15 +281,18 @@ class _State:
         return "\n".join(lines) + "\n"
 
 
-def create_app(verifier: Any, config: ServiceConfig, *,
+def create_app(verifier: Any, config: ServiceConfig, *, prewarm: Sequence[str] = (),
                on_ready: Callable[[], None] | None = None) -> Any:
     """The ASGI app: `verifier` (a `Verifier` or anything with its calling convention) is
-    opened with `async with` on the server's event loop for the app's lifetime."""
+    opened with `async with` on the server's event loop for the app's lifetime; REPLs for the
+    `prewarm` headers (a problem set's) start before the first request is taken."""
     state = _State(verifier, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with verifier:
+            if prewarm and hasattr(verifier, "prewarm"):
+                await verifier.prewarm(prewarm)
             state.open = True
             if on_ready is not None:
                 on_ready()
@@ -417,13 +420,15 @@ def _uvicorn_server(app: Any, config: ServiceConfig) -> Any:
         timeout_graceful_shutdown=int(math.ceil(config.graceful_shutdown_s)) or None))
 
 
-def serve(verifier: Any, config: ServiceConfig, *,
+def serve(verifier: Any, config: ServiceConfig, *, prewarm: Sequence[str] = (),
           on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (blocking). `on_ready(url)` once the pool is open and the
-    socket listens (with port 0, the URL names the port picked)."""
+    """Serve until SIGINT/SIGTERM (blocking). `on_ready(url)` once the pool is open (and the
+    `prewarm` headers' REPLs started) and the socket listens (with port 0, the URL names the
+    port picked)."""
     sock = _bind(config.host, config.port)
     url = f"http://{config.host}:{sock.getsockname()[1]}"
-    app = create_app(verifier, config, on_ready=(lambda: on_ready(url)) if on_ready else None)
+    app = create_app(verifier, config, prewarm=prewarm,
+                     on_ready=(lambda: on_ready(url)) if on_ready else None)
     try:
         _uvicorn_server(app, config).run(sockets=[sock])
     finally:

@@ -122,7 +122,8 @@ class Verifier:
         start = time.perf_counter()
         try:
             response, lean_s = await self.pool.run_command_timed(
-                header, command.text, timeout_s=self.config.timeout_s)
+                header, command.text, timeout_s=self.config.timeout_s,
+                **({"gc": True} if self.config.gc_commands else {}))
         except ReplTimeoutError as exc:
             return TimedOut(checked_by=self.checked_by, time_s=exc.limit_s, limit_s=exc.limit_s,
                             layers=("static", "repl"))
@@ -165,6 +166,10 @@ class Verifier:
             with self:
                 return self.verify_batch(requests, progress=progress)
         return self.pool.run_sync(self.verify_many(requests, progress=progress))
+
+    async def prewarm(self, headers: Sequence[str]) -> int:
+        """Start REPLs for these problem headers now (`ReplPool.prewarm`); how many started."""
+        return await self.pool.prewarm(headers)
 
 
 def make_verifier(config: VerifierConfig) -> Any:

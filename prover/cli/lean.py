@@ -361,6 +361,9 @@ def serve(
         "--timeout", min=0.1, help="Wall-clock limit per proof, seconds (default: verifier.timeout_s).")] = None,
     max_pending: Annotated[int, typer.Option(
         "--max-pending", min=1, help="Snippets admitted at once; beyond, HTTP 503 with Retry-After.")] = 256,
+    prewarm: Annotated[str | None, typer.Option(
+        "--prewarm", help="Problem set (a .jsonl/.lean path or a suite name) whose headers get "
+        "warm REPLs before the first request.")] = None,
     standin: Annotated[Path | None, typer.Option(
         "--standin", help="TEST DOUBLE: serve the stand-in REPL with this rule table instead of "
         "Lean. Its verdicts are not Lean's.", hidden=True)] = None,
@@ -380,7 +383,12 @@ def serve(
         raise UserError(f"serve: {exc.errors()[0]['msg']}") from None
     verifier = open_verifier(config_from_context(
         ctx, {"verifier.workers": workers, "verifier.timeout_s": timeout}).verifier, standin)
+    headers = []
+    if prewarm is not None:
+        from prover.problems import load_problems
+
+        headers = [p.header for p in load_problems(prewarm)]
     label = f"[{STANDIN_LABEL}] " if standin is not None else ""
-    run_service(verifier, service, on_ready=lambda url: err_console.print(
+    run_service(verifier, service, prewarm=headers, on_ready=lambda url: err_console.print(
         f"{label}serving {verifier.checked_by} on {url}", markup=False, highlight=False,
         soft_wrap=True))

@@ -24,6 +24,7 @@ import pytest
 
 from lean_env.backends.remote import RemoteVerifier, verdict_from_json
 from lean_env.config import VerifierConfig
+from lean_env.pool import split_header
 from lean_env.service import ServiceConfig, kimina_result, serve_in_thread
 from lean_env.verdict import Accepted, NotChecked, Rejected, RejectReason, TimedOut
 from lean_env.verifier import Verifier, VerifyRequest
@@ -300,3 +301,60 @@ def test_remote_backend_without_a_live_server_is_not_checked():
     verdict = RemoteVerifier(config).verify_batch([_request("ok_1")])[0]
     assert isinstance(verdict, NotChecked) and verdict.cause == "infrastructure", verdict
     assert "127.0.0.1:9" in verdict.detail, verdict.detail
+
+
+# -- the pool keyed by imports, gc, pre-warming, eviction (kimina's ways) ----------------------------
+
+
+def test_split_header_keys_by_imports_and_keeps_the_rest_on_one_line():
+    assert split_header(MINIF2F_HEADER) == (
+        "import Mathlib\nimport Aesop",
+        "set_option maxHeartbeats 400000 open BigOperators Real Nat Topology Rat")
+    assert split_header("import Mathlib\n-- a note\nopen Real\n") == ("import Mathlib", "open Real")
+    for whole in ("import Mathlib\nnoncomputable section\n", "import Mathlib\nopen Real in\n",
+                  "import Mathlib\nopen Real -- why\n", "import Mathlib\nopen Real\n  Nat\n"):
+        assert split_header(whole) == (whole.rstrip(), ""), whole
+
+
+def test_headers_differing_in_opens_share_a_repl_and_commands_carry_gc(make_standin):
+    sim = make_standin("basic.json")
+    other = MINIF2F_HEADER.replace("open BigOperators Real Nat Topology Rat", "open Real")
+    requests = [_request("ok_1"), VerifyRequest("ok_2", other, _statement("ok_2"),
+                                                other + _statement("ok_2") + "  omega\n"),
+                VerifyRequest("ok_3", other, _statement("ok_3"), _statement("ok_3") + "  omega\n")]
+    calls: list[dict] = []
+
+    async def main():
+        async with Verifier(_config(sim.rules_path, workers=1)) as verifier:
+            run = verifier.pool.run_command_timed
+
+            async def spy(*args, **options):
+                calls.append(options)
+                return await run(*args, **options)
+
+            verifier.pool.run_command_timed = spy
+            return await verifier.verify_many(requests), verifier.pool.stats()
+
+    verdicts, stats = asyncio.run(main())
+    assert [v.outcome for v in verdicts] == ["accepted"] * 3, verdicts
+    assert (stats["started"], stats["evicted"]) == (1, 0), stats
+    assert all(c.get("gc") is True for c in calls), calls
+
+
+def test_prewarm_starts_repls_for_a_sets_headers_and_eviction_takes_the_oldest_idle(make_standin):
+    sim = make_standin("basic.json")
+    headers = {h: f"import {h}\n" for h in ("A", "B", "C")}
+
+    async def main():
+        async with Verifier(_config(sim.rules_path, workers=2)) as verifier:
+            started = await verifier.prewarm([headers["A"], headers["B"], headers["A"]])
+            after_prewarm = verifier.pool.stats()
+            await verifier.pool.run_command(headers["B"], "theorem t : True := trivial")
+            # A has now been idle longest: C evicts it, and B keeps its process.
+            await verifier.pool.run_command(headers["C"], "theorem t : True := trivial")
+            await verifier.pool.run_command(headers["B"], "theorem t : True := trivial")
+            return started, after_prewarm, verifier.pool.stats()
+
+    started, after_prewarm, stats = asyncio.run(main())
+    assert started == 2 and after_prewarm["idle"] == 2, after_prewarm
+    assert (stats["started"], stats["evicted"]) == (3, 1), stats
