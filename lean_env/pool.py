@@ -452,6 +452,9 @@ class ReplPool:
         future = self._loop.run_in_executor(self._executor, fn)
         self._in_worker.add(future)
         future.add_done_callback(self._in_worker.discard)
+        # A cancelled caller never reads the outcome (the killed process's crash): mark it
+        # read, or asyncio logs "Future exception was never retrieved" for each cancellation.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if repl is not None:
             repl.inflight = future
         return await asyncio.shield(future)
