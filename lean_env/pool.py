@@ -22,6 +22,10 @@ Crashes and garbage are retried on a fresh process up to `config.retries` times;
 is not retried (the candidate had its time). Requests beyond `config.max_queue` waiting
 ones raise `PoolSaturatedError` at once.
 
+A process checked in goes straight to the first request waiting for its header (no idle
+hop, no wake-up of every waiter: with hundreds of requests queued, as behind the HTTP service,
+waking them all cost more CPU per request than the rest of the pool).
+
 Concurrency: the pool lives on one asyncio event loop; blocking REPL I/O runs in the pool's
 own thread pool, so the loop never blocks. Used with `async with`, it runs on the caller's
 loop; used with plain `with`, it runs its loop in a thread of its own and the sync methods
@@ -150,7 +154,11 @@ class ReplPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._cond: asyncio.Condition | None = None
+        # Requests waiting for a process, first come first served: (key, whole, future). A
+        # check-in hands its process straight to the first waiter that can use it; a freed
+        # slot or an evictable idle process wakes one waiter (future result None) to retry.
+        self._waiters: collections.deque[tuple[str, str | None, asyncio.Future[_Repl | None]]] = \
+            collections.deque()
         self._closing = False
         self._idle: dict[str, list[_Repl]] = {}
         self._live: set[_Repl] = set()               # starting, idle and busy: at most `workers`
@@ -176,7 +184,6 @@ class ReplPool:
         if self._loop is not None:
             raise RuntimeError("ReplPool is already open")
         self._loop = loop
-        self._cond = asyncio.Condition()
         self._closing = False
         # Starts and commands block in these threads: one per process, plus room for the
         # closes of discarded processes and the starts of their replacements.
@@ -189,9 +196,10 @@ class ReplPool:
             return
         self._closing = True
         try:
-            assert self._cond is not None
-            async with self._cond:
-                self._cond.notify_all()
+            while self._waiters:
+                _, _, waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
             # Killing first makes every blocked read return at once (EOF).
             for process in list(self._processes):
                 process.kill()
@@ -480,31 +488,46 @@ class ReplPool:
                         whole: str | None = None) -> _Repl:
         """An idle process with `header` imported (or, first, one with `whole` imported):
         reuse one, start one, or evict and start."""
-        self._raise_if_closing()
-        assert self._cond is not None
-        async with self._cond:
-            while True:
-                self._raise_if_closing()
-                idle = (whole is not None and self._idle.get(whole)) or self._idle.get(header)
-                if idle:
-                    return idle.pop()
-                if len(self._live) < self.config.workers:
-                    break
-                victim = self._evictable(header)
-                if victim is not None:
-                    self._counts["evicted"] += 1
-                    self._discard(victim, replace=False)
-                    break
-                if self._waiting >= self.config.max_queue:
-                    raise PoolSaturatedError(
-                        f"{self._waiting} requests already wait for a REPL "
-                        f"(max_queue={self.config.max_queue})")
-                self._waiting += 1
-                try:
-                    await self._cond.wait()
-                finally:
-                    self._waiting -= 1
-            repl = self._new_repl(header)
+        # No lock: everything below runs on the pool's loop, and nothing awaits between a
+        # decision and the state change it makes.
+        while True:
+            self._raise_if_closing()
+            idle = (whole is not None and self._idle.get(whole)) or self._idle.get(header)
+            if idle:
+                return idle.pop()
+            if len(self._live) < self.config.workers:
+                break
+            victim = self._evictable(header)
+            if victim is not None:
+                self._counts["evicted"] += 1
+                self._discard(victim, replace=False)
+                break
+            if self._waiting >= self.config.max_queue:
+                raise PoolSaturatedError(
+                    f"{self._waiting} requests already wait for a REPL "
+                    f"(max_queue={self.config.max_queue})")
+            assert self._loop is not None
+            entry = (header, whole, self._loop.create_future())
+            self._waiters.append(entry)
+            self._waiting += 1
+            try:
+                handed = await entry[2]
+            except asyncio.CancelledError:
+                waiter = entry[2]
+                if waiter.done() and not waiter.cancelled():
+                    given = waiter.result()
+                    if given is not None:
+                        self._checkin(given)    # handed over as we were cancelled: pass it on
+                    else:
+                        self._wake_one()        # the wake was ours: pass it on
+                raise
+            finally:
+                self._waiting -= 1
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            if handed is not None:
+                return handed
+        repl = self._new_repl(header)
         try:
             await self._start(repl, import_timeout_s)
         except BaseException:
@@ -567,9 +590,15 @@ class ReplPool:
             self._counts["recycled"] += 1
             self._discard(repl)
             return
+        for entry in self._waiters:
+            key, whole, waiter = entry
+            if repl.header in (key, whole) and not waiter.done():
+                self._waiters.remove(entry)
+                waiter.set_result(repl)   # straight to the first waiter for it: never idle
+                return
         repl.idle_since = time.monotonic()
         self._idle.setdefault(repl.header, []).append(repl)
-        self._notify()
+        self._wake_one()   # a waiter of another header may evict it
 
     def _discard(self, repl: _Repl, *, replace: bool = True) -> None:
         """Retire a process: close it in the background and, unless closing, start a spare."""
@@ -587,7 +616,7 @@ class ReplPool:
         await self._to_thread(repl.process.close)
         self._processes.discard(repl.process)
         if not replace or self._closing or len(self._live) >= self.config.workers:
-            self._notify()
+            self._wake_one()   # a slot is free
             return
         spare = self._new_repl(repl.header)
         try:
@@ -604,17 +633,12 @@ class ReplPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _notify(self) -> None:
-        """Wake the requests waiting for a process (from synchronous code on the loop)."""
-        cond = self._cond
-        if cond is None:
-            return
-
-        async def wake() -> None:
-            async with cond:
-                cond.notify_all()
-
-        self._spawn(wake())
+    def _wake_one(self) -> None:
+        """Wake the first waiting request to look again (a slot or an idle process is free)."""
+        for _, _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
