@@ -8,16 +8,21 @@ processes; for each REPL count (default 1, 2, 4):
                 kimina-lean-server: its defaults of 8 snippets per POST /api/check and 5
                 requests in flight (the client itself when installed, else the same requests
                 from httpx);
-  http_remote   the same server through our `remote` backend (POST /v1/verify, 8 per request).
+  http_remote   the same server through our `remote` backend (POST /v1/verify, 8 per request);
+  kimina_server kimina-ast-server 2.1.3 with the same stand-in as its REPL and the same
+                number of REPLs, driven like http_kimina; only with `--kimina-site DIR`, a
+                folder it was installed into with `pip install --target DIR --no-deps
+                kimina-ast-server==2.1.3 prisma google-cloud-logging ...` (see `_KIMINA_LAUNCH`
+                for the shims it needs here: Python 3.11, no Prisma CLI, uvloop).
 
 Reported per row: requests/s, the ideal (REPLs / simulated check time), and the overhead per
 request: REPLs x wall time / requests - simulated check time (time a REPL slot spends per
 request on anything but the check: pool, acceptance, JSON, HTTP, idle gaps), and the CPU
 seconds per request of the process that serves (this one for `pool`, the server process for
-HTTP). kimina-ast-server itself is measured only if importable here (`kimina_server`); on
-Python 3.11 it is not (it needs 3.12, and prisma), which the report says.
+HTTP; REPL processes excluded everywhere).
 
     python -m benchmarks.serve [--out runs/bench/serve.json] [--requests 200] [--lean-ms 20]
+                               [--kimina-site /tmp/kimina-site]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -115,6 +121,75 @@ class _Server:
             self.proc.stderr.close()
 
 
+# kimina-ast-server 2.1.3 here: pydantic on 3.11 needs typing_extensions.TypedDict; its Prisma
+# client (generated at import, which downloads the Prisma CLI) is used only with a database URL,
+# so a stub stands in; uvloop's subprocess_exec rejects the env=os.environ kimina passes.
+_KIMINA_LAUNCH = """import runpy, sys, types, typing, typing_extensions
+typing.TypedDict = typing_extensions.TypedDict
+stub = types.ModuleType("server.prisma_client")
+stub.prisma = None
+sys.modules["server.prisma_client"] = stub
+sys.modules["uvloop"] = None
+runpy.run_module("server", run_name="__main__")
+"""
+
+
+class _KiminaServer(_Server):
+    """kimina-ast-server with the stand-in as `lake env <repl>` (a `lake` that runs its args)."""
+
+    def __init__(self, site: Path, rules: Path, workers: int, tmp: Path) -> None:
+        (tmp / "bin").mkdir(exist_ok=True)
+        lake, repl, launch = tmp / "bin" / "lake", tmp / "repl.sh", tmp / "launch.py"
+        lake.write_text('#!/bin/sh\n[ "$1" = env ] && shift\nexec "$@"\n')
+        repl.write_text(f'#!/bin/sh\nexec {sys.executable} -m lean_env.standin --rules {rules}\n')
+        launch.write_text(_KIMINA_LAUNCH)
+        for script in (lake, repl):
+            script.chmod(0o755)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**os.environ, "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
+               "PYTHONPATH": f"{site}:{REPO}", "LEAN_SERVER_REPL_PATH": str(repl),
+               "LEAN_SERVER_PROJECT_DIR": str(tmp), "LEAN_SERVER_SKIP_VALIDATION": "1",
+               "LEAN_SERVER_HOST": "127.0.0.1", "LEAN_SERVER_PORT": str(port),
+               "LEAN_SERVER_MAX_REPLS": str(workers), "LEAN_SERVER_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen([sys.executable, str(launch)], cwd=tmp, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise SystemExit(f"kimina-ast-server did not start (exit {self.proc.poll()})")
+            time.sleep(0.2)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)   # its REPLs are in their own groups
+        self.proc.wait(timeout=60)
+
+
+def _kimina_server(site: Path, rules: Path, workers: int, n: int, lean_s: float,
+                   tmp: Path) -> dict[str, Any]:
+    server = _KiminaServer(site, rules, workers, tmp)
+    try:
+        _kimina_style(server.url, _requests(2 * workers, f"kwarm{workers}"))
+        requests = _requests(n, f"kserver{workers}")
+        cpu, start = server.cpu(), time.perf_counter()
+        valid = _kimina_style(server.url, requests)
+        return _row("kimina_server", workers, n, time.perf_counter() - start,
+                    server.cpu() - cpu, lean_s, valid)
+    finally:
+        server.close()
+
+
 def _kimina_client(url: str) -> Any:
     """kimina-ast-client's KiminaClient when installed (with the 3.11 TypedDict shim), else None."""
     if importlib.util.find_spec("kimina_client") is None:
@@ -184,17 +259,18 @@ def main() -> None:
     parser.add_argument("--header-import-s", type=float, default=0.5,
                         help="Simulated header import, s (paid at warm-up, not timed).")
     parser.add_argument("--repls", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--kimina-site", type=Path, default=None,
+                        help="Folder kimina-ast-server 2.1.3 was pip-installed into (--target); "
+                        "adds its rows.")
     args = parser.parse_args()
     lean_s = args.lean_ms / 1e3
-    kimina_server = importlib.util.find_spec("kimina_server") is not None
     report: dict[str, Any] = {
         "benchmark": "serve", "backend": standin.CHECKED_BY,
         "machine": machine_info("cpu", torch_stack=False),
         "lean_ms": args.lean_ms, "header_import_s": args.header_import_s,
         "kimina_client": package_version("kimina-ast-client"),
-        "kimina_server": ("importable but not driven by this script" if kimina_server else
-                          "not installed: kimina-ast-server 2.1.3 needs Python 3.12 "
-                          f"(this is {sys.version.split()[0]}) and prisma"),
+        "kimina_server": (f"kimina-ast-server from {args.kimina_site}" if args.kimina_site
+                          else "not measured (no --kimina-site)"),
         "rows": []}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         rules = Path(tmp) / "rules.json"
@@ -206,6 +282,10 @@ def main() -> None:
             write_json(report, args.out)
             report["rows"] += _http(rules, workers, args.requests, lean_s)
             write_json(report, args.out)
+            if args.kimina_site is not None:
+                report["rows"].append(_kimina_server(args.kimina_site.resolve(), rules, workers,
+                                                     args.requests, lean_s, Path(tmp)))
+                write_json(report, args.out)
 
     print(f"stand-in REPL: {args.lean_ms:g} ms simulated check; {os.cpu_count()} CPUs; "
           f"kimina-ast-server: {report['kimina_server']}")

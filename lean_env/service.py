@@ -227,7 +227,13 @@ class _State:
             raise Saturated
         self.pending += n
         try:
-            work = asyncio.ensure_future(self.verifier.verify_many(requests))
+            # All of a request's checks queue at once (admission already bounds the total), so
+            # the pool's first-come order finishes requests one after another; a bounded
+            # `verify_many` per request would interleave them and finish them all together,
+            # leaving the REPLs idle while the clients send their next batches.
+            work = asyncio.ensure_future(asyncio.gather(*(
+                self.verifier.verify(r.name, r.header, r.formal_statement, r.candidate)
+                for r in requests)))
             watch = asyncio.ensure_future(disconnected())
             try:
                 await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
