@@ -96,8 +96,12 @@ class _Server:
     """`prover lean serve --standin` as a subprocess on a free loopback port."""
 
     def __init__(self, rules: Path, workers: int) -> None:
+        # No recycling during the run, as in the in-process rows (and kimina's default).
+        config = rules.parent / "serve.toml"
+        config.write_text("[verifier]\nmax_uses = 100000\n")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prover.cli", "lean", "serve", "--port", "0", "--workers",
+            [sys.executable, "-m", "prover.cli", "--config", str(config), "lean", "serve",
+             "--port", "0", "--workers",
              str(workers), "--max-pending", "4096", "--standin", str(rules)],
             cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO)})
