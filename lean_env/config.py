@@ -21,12 +21,19 @@ STANDARD_AXIOMS: tuple[str, ...] = ("propext", "Classical.choice", "Quot.sound")
 MAX_TIMEOUT_S = 86400.0
 
 
+def _check_http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://HOST[:PORT] or https://..., got {url!r}")
+    return url
+
+
 class VerifierConfig(BaseModel):
     """How candidate proofs are checked."""
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["repl", "standin", "kimina", "dojo"] = Field(
+    backend: Literal["repl", "standin", "kimina", "dojo", "remote"] = Field(
         "repl",
         description="Which Lean backend checks proofs: 'repl' (leanprover-community/repl processes "
         "we manage), 'standin' (the test double; its verdicts are not Lean's), 'kimina' (a running "
@@ -73,6 +80,19 @@ class VerifierConfig(BaseModel):
         "PoolSaturatedError at once (back-pressure, like kimina-lean-server's HTTP 429). "
         "`Verifier.verify_batch` feeds the pool at its own pace and never hits it.",
     )
+    key_by_imports: bool = Field(
+        True,
+        description="Key the pool's REPLs by the header's import lines only; its set_option/open "
+        "lines travel with each command (kimina-lean-server's way), so problems whose headers "
+        "differ only in those share REPLs. The acceptance checks still see the whole header. "
+        "Headers holding other commands are keyed whole. False: key by the whole header.",
+    )
+    gc_commands: bool = Field(
+        True,
+        description="Send each candidate with `\"gc\": true`, so the REPL drops the environment "
+        "the candidate created (kimina-lean-server's way): its memory stays flat between "
+        "recycles. REPL builds without the option ignore it (and grow, as before).",
+    )
     retries: int = Field(
         2, ge=0, description="Retries of a candidate after an infrastructure failure (crash, garbage) before NotChecked."
     )
@@ -87,6 +107,27 @@ class VerifierConfig(BaseModel):
     )
     kimina_url: str = Field(
         "http://127.0.0.1:8000", description="Base URL of a running kimina-lean-server (backend 'kimina')."
+    )
+
+    # remote backend (servers started with `prover lean serve`; lean_env/backends/remote.py)
+    remote_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of `prover lean serve` servers (backend 'remote'), e.g. "
+        "['http://10.0.0.5:8000', 'http://10.0.0.6:8000']. Each batch chunk goes to the server "
+        "with the fewest snippets in flight; a server that fails is set aside and the chunk resent.",
+    )
+    remote_api_key: str | None = Field(
+        None, description="API key the servers require (`prover lean serve --api-key`); sent as "
+        "`Authorization: Bearer KEY`. Default: none (servers bound to loopback).",
+    )
+    remote_batch_size: int = Field(
+        8, ge=1, le=1024,
+        description="Candidates per HTTP request to a server. 8 is kimina-ast-client's default "
+        "batch; larger batches cost less HTTP per proof but resend more when a server dies.",
+    )
+    remote_retries: int = Field(
+        3, ge=0, description="Resends of a chunk to another server after a connection failure, "
+        "HTTP 5xx or 503 before its candidates are NotChecked (or, all saturated, an error).",
     )
 
     # final judge (leanprover/comparator; lean_env/comparator.py)
@@ -118,7 +159,9 @@ class VerifierConfig(BaseModel):
     @field_validator("kimina_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http://HOST[:PORT] or https://..., got {url!r}")
-        return url
+        return _check_http_url(url)
+
+    @field_validator("remote_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        return [_check_http_url(u) for u in urls]

@@ -3,18 +3,28 @@
 Importing Mathlib costs seconds and gigabytes, so each process imports its header once (a
 command without env) and every candidate of that header then runs against the returned env
 id: candidates never see each other, and none pays the import again. Headers are matched
-exactly, after trailing whitespace is normalised.
+exactly, after trailing whitespace is normalised. With `config.key_by_imports` (kimina's way),
+commands are keyed by the header's import lines only: its `set_option`/`open` lines travel
+with each command, on the command's first line (which `acceptance.lean_command` leaves blank
+where the header was; otherwise on a line of their own, and Lean's positions are moved back),
+so problems whose headers differ only in those share processes. Leases (tactic sessions) always
+import the whole header.
 
 Lifecycle of a process: started and importing -> idle <-> busy -> discarded. A process is
 discarded when it timed out (its group was killed), crashed, spoke garbage, served
 `config.max_uses` commands, or grew above `config.max_rss_mb`; a replacement for its header
 starts in the background at once (the warm spare), so a crash does not stall the queue.
 At most `config.workers` processes live at a time; a request for a header no idle process
-has takes a free slot, or evicts an idle process of another header.
+has takes a free slot, or evicts the process of another header that has been idle longest.
+`prewarm(headers)` starts processes for a problem set's headers before the first request.
 
 Crashes and garbage are retried on a fresh process up to `config.retries` times; a timeout
 is not retried (the candidate had its time). Requests beyond `config.max_queue` waiting
 ones raise `PoolSaturatedError` at once.
+
+A process checked in goes straight to the first request waiting for its header (no idle
+hop, no wake-up of every waiter: with hundreds of requests queued, as behind the HTTP service,
+waking them all cost more CPU per request than the rest of the pool).
 
 Concurrency: the pool lives on one asyncio event loop; blocking REPL I/O runs in the pool's
 own thread pool, so the loop never blocks. Used with `async with`, it runs on the caller's
@@ -26,8 +36,10 @@ kills every process group it started, also after errors and cancellations.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -60,6 +72,56 @@ def normalise_header(header: str) -> str:
     return "\n".join(line.rstrip() for line in header.rstrip().splitlines())
 
 
+def split_header(header: str) -> tuple[str, str]:
+    """(imports, prelude): the header's import lines (normalised: the pool's key) and its
+    `set_option`/`open` commands joined on one line (Lean needs no newline between commands).
+
+    Conservative: a header holding anything else (another command, a comment after code, a
+    command over several lines, `... in`) comes back whole with an empty prelude.
+    """
+    normalised = normalise_header(header)
+    imports: list[str] = []
+    prelude: list[str] = []
+    for line in normalised.splitlines():
+        text = line.strip()
+        if not text or text.startswith("--"):
+            continue   # blank, or a whole-line comment
+        words = text.split()
+        if words[0] == "import" and not prelude and len(words) == 2:
+            imports.append(text)
+        elif words[0] in ("set_option", "open") and line == text and words[-1] != "in" \
+                and "--" not in text and "/-" not in text:
+            prelude.append(text)
+        else:
+            return normalised, ""
+    return "\n".join(imports), " ".join(prelude)
+
+
+def _with_prelude(prelude: str, code: str) -> tuple[str, int]:
+    """`code` with `prelude` in front and the lines Lean's positions must move back by."""
+    if code.startswith("\n"):
+        return prelude + code, 0
+    return prelude + "\n" + code, 1
+
+
+def _moved_back(reply: CommandResponse | ErrorReply, lines: int) -> CommandResponse | ErrorReply:
+    """`reply` with every position `lines` lines earlier (a message on the prelude's own line
+    stays on line 1)."""
+    if not lines or not isinstance(reply, CommandResponse):
+        return reply
+
+    def up(line: int) -> int:
+        return max(1, line - lines)
+
+    return dataclasses.replace(
+        reply,
+        messages=tuple(dataclasses.replace(
+            m, line=up(m.line), end_line=None if m.end_line is None else up(m.end_line))
+            for m in reply.messages),
+        sorries=tuple(dataclasses.replace(s, line=up(s.line)) for s in reply.sorries),
+        tactics=tuple(dataclasses.replace(t, line=up(t.line)) for t in reply.tactics))
+
+
 @dataclass(eq=False)
 class _Repl:
     """A pooled process and the env id of its imported header."""
@@ -69,6 +131,7 @@ class _Repl:
     env: int | None = None
     rss_mb: float = 0.0
     inflight: asyncio.Future[Any] | None = None   # the worker thread now using `process`
+    idle_since: float = 0.0                       # time.monotonic() of the last check-in
 
     @property
     def commands(self) -> int:
@@ -91,7 +154,11 @@ class ReplPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._cond: asyncio.Condition | None = None
+        # Requests waiting for a process, first come first served: (key, whole, future). A
+        # check-in hands its process straight to the first waiter that can use it; a freed
+        # slot or an evictable idle process wakes one waiter (future result None) to retry.
+        self._waiters: collections.deque[tuple[str, str | None, asyncio.Future[_Repl | None]]] = \
+            collections.deque()
         self._closing = False
         self._idle: dict[str, list[_Repl]] = {}
         self._live: set[_Repl] = set()               # starting, idle and busy: at most `workers`
@@ -117,7 +184,6 @@ class ReplPool:
         if self._loop is not None:
             raise RuntimeError("ReplPool is already open")
         self._loop = loop
-        self._cond = asyncio.Condition()
         self._closing = False
         # Starts and commands block in these threads: one per process, plus room for the
         # closes of discarded processes and the starts of their replacements.
@@ -130,9 +196,10 @@ class ReplPool:
             return
         self._closing = True
         try:
-            assert self._cond is not None
-            async with self._cond:
-                self._cond.notify_all()
+            while self._waiters:
+                _, _, waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
             # Killing first makes every blocked read return at once (EOF).
             for process in list(self._processes):
                 process.kill()
@@ -223,22 +290,27 @@ class ReplPool:
         killed and is being replaced), PoolSaturatedError, or after `config.retries` retries
         of crashes, garbage and failed starts, the last LeanEnvError.
         """
-        key = normalise_header(header)
+        whole = normalise_header(header)
+        key, prelude = split_header(header) if self.config.key_by_imports else (whole, "")
         limit = self.config.timeout_s if timeout_s is None else timeout_s
         last_error: LeanEnvError | None = None
         for attempt in range(self.config.retries + 1):
             if attempt:
                 self._counts["retries"] += 1
             try:
-                repl = await self._checkout(key)
+                # A process that imported the whole header (a lease's) serves it as is.
+                repl = await self._checkout(key, whole=whole if prelude else None)
             except (ReplStartError, ReplCrashedError, ReplProtocolError) as exc:
                 last_error = exc
                 self._raise_if_closing()
                 continue
             env = repl.env
+            text, moved = _with_prelude(prelude, code) if prelude and repl.header == key \
+                else (code, 0)
 
-            def call(process: ReplProcess, env: int | None = env) -> CommandResponse | ErrorReply:
-                return process.command(code, env=env, timeout_s=limit, **options)
+            def call(process: ReplProcess, env: int | None = env,
+                     text: str = text) -> CommandResponse | ErrorReply:
+                return process.command(text, env=env, timeout_s=limit, **options)
 
             try:
                 reply, seconds = await self._run_on(repl, call)
@@ -260,7 +332,7 @@ class ReplPool:
                 continue
             self._counts["served"] += 1
             self._checkin(repl)
-            return reply, seconds
+            return _moved_back(reply, moved), seconds
         assert last_error is not None
         raise last_error
 
@@ -320,6 +392,32 @@ class ReplPool:
             raise
         self.run_sync(manager.__aexit__(None, None, None))
 
+    # -- pre-warming ------------------------------------------------------------------------------
+
+    async def prewarm(self, headers: Sequence[str]) -> int:
+        """Start processes for `headers` (e.g. a problem set's) before any request needs them:
+        one per distinct key while slots are free, then more for the most common keys, up to
+        `config.workers` in all, all at once. Returns how many started; a header that fails to
+        import is logged and skipped (its requests then fail as they would have)."""
+        self._raise_if_closing()
+        keys = [split_header(h)[0] if self.config.key_by_imports else normalise_header(h)
+                for h in headers]
+        ranked = [k for k, _ in collections.Counter(keys).most_common()]
+        free = self.config.workers - len(self._live)
+        repls = [self._new_repl(ranked[i % len(ranked)]) for i in range(free if ranked else 0)]
+
+        async def start(repl: _Repl) -> bool:
+            try:
+                await self._start(repl, None)
+            except LeanEnvError as exc:
+                log.warning("pre-warming a REPL for %r failed: %s", repl.header[:80], exc)
+                self._discard(repl, replace=False)
+                return False
+            self._checkin(repl)
+            return True
+
+        return sum(await asyncio.gather(*(start(r) for r in repls)))
+
     # -- statistics ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
@@ -362,6 +460,9 @@ class ReplPool:
         future = self._loop.run_in_executor(self._executor, fn)
         self._in_worker.add(future)
         future.add_done_callback(self._in_worker.discard)
+        # A cancelled caller never reads the outcome (the killed process's crash): mark it
+        # read, or asyncio logs "Future exception was never retrieved" for each cancellation.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if repl is not None:
             repl.inflight = future
         return await asyncio.shield(future)
@@ -383,33 +484,50 @@ class ReplPool:
             self._discard(repl)
             raise
 
-    async def _checkout(self, header: str, *, import_timeout_s: float | None = None) -> _Repl:
-        """An idle process with `header` imported: reuse one, start one, or evict and start."""
-        self._raise_if_closing()
-        assert self._cond is not None
-        async with self._cond:
-            while True:
-                self._raise_if_closing()
-                idle = self._idle.get(header)
-                if idle:
-                    return idle.pop()
-                if len(self._live) < self.config.workers:
-                    break
-                victim = self._evictable(header)
-                if victim is not None:
-                    self._counts["evicted"] += 1
-                    self._discard(victim, replace=False)
-                    break
-                if self._waiting >= self.config.max_queue:
-                    raise PoolSaturatedError(
-                        f"{self._waiting} requests already wait for a REPL "
-                        f"(max_queue={self.config.max_queue})")
-                self._waiting += 1
-                try:
-                    await self._cond.wait()
-                finally:
-                    self._waiting -= 1
-            repl = self._new_repl(header)
+    async def _checkout(self, header: str, *, import_timeout_s: float | None = None,
+                        whole: str | None = None) -> _Repl:
+        """An idle process with `header` imported (or, first, one with `whole` imported):
+        reuse one, start one, or evict and start."""
+        # No lock: everything below runs on the pool's loop, and nothing awaits between a
+        # decision and the state change it makes.
+        while True:
+            self._raise_if_closing()
+            idle = (whole is not None and self._idle.get(whole)) or self._idle.get(header)
+            if idle:
+                return idle.pop()
+            if len(self._live) < self.config.workers:
+                break
+            victim = self._evictable(header)
+            if victim is not None:
+                self._counts["evicted"] += 1
+                self._discard(victim, replace=False)
+                break
+            if self._waiting >= self.config.max_queue:
+                raise PoolSaturatedError(
+                    f"{self._waiting} requests already wait for a REPL "
+                    f"(max_queue={self.config.max_queue})")
+            assert self._loop is not None
+            entry = (header, whole, self._loop.create_future())
+            self._waiters.append(entry)
+            self._waiting += 1
+            try:
+                handed = await entry[2]
+            except asyncio.CancelledError:
+                waiter = entry[2]
+                if waiter.done() and not waiter.cancelled():
+                    given = waiter.result()
+                    if given is not None:
+                        self._checkin(given)    # handed over as we were cancelled: pass it on
+                    else:
+                        self._wake_one()        # the wake was ours: pass it on
+                raise
+            finally:
+                self._waiting -= 1
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            if handed is not None:
+                return handed
+        repl = self._new_repl(header)
         try:
             await self._start(repl, import_timeout_s)
         except BaseException:
@@ -418,11 +536,14 @@ class ReplPool:
         return repl
 
     def _evictable(self, header: str) -> _Repl | None:
-        """An idle process of another header (the one idle longest), if any."""
+        """The idle process of another header that has been idle longest, if any."""
+        oldest: _Repl | None = None
         for other, idle in self._idle.items():
-            if other != header and idle:
-                return idle.pop(0)
-        return None
+            if other != header and idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
+                oldest = idle[0]   # each list is in check-in order
+        if oldest is not None:
+            self._idle[oldest.header].pop(0)
+        return oldest
 
     def _new_repl(self, header: str) -> _Repl:
         process = ReplProcess(self.command, cwd=self.cwd, memory_limit_mb=self.config.memory_limit_mb,
@@ -469,8 +590,15 @@ class ReplPool:
             self._counts["recycled"] += 1
             self._discard(repl)
             return
+        for entry in self._waiters:
+            key, whole, waiter = entry
+            if repl.header in (key, whole) and not waiter.done():
+                self._waiters.remove(entry)
+                waiter.set_result(repl)   # straight to the first waiter for it: never idle
+                return
+        repl.idle_since = time.monotonic()
         self._idle.setdefault(repl.header, []).append(repl)
-        self._notify()
+        self._wake_one()   # a waiter of another header may evict it
 
     def _discard(self, repl: _Repl, *, replace: bool = True) -> None:
         """Retire a process: close it in the background and, unless closing, start a spare."""
@@ -488,7 +616,7 @@ class ReplPool:
         await self._to_thread(repl.process.close)
         self._processes.discard(repl.process)
         if not replace or self._closing or len(self._live) >= self.config.workers:
-            self._notify()
+            self._wake_one()   # a slot is free
             return
         spare = self._new_repl(repl.header)
         try:
@@ -505,17 +633,12 @@ class ReplPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _notify(self) -> None:
-        """Wake the requests waiting for a process (from synchronous code on the loop)."""
-        cond = self._cond
-        if cond is None:
-            return
-
-        async def wake() -> None:
-            async with cond:
-                cond.notify_all()
-
-        self._spawn(wake())
+    def _wake_one(self) -> None:
+        """Wake the first waiting request to look again (a slot or an idle process is free)."""
+        for _, _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

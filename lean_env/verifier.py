@@ -122,7 +122,8 @@ class Verifier:
         start = time.perf_counter()
         try:
             response, lean_s = await self.pool.run_command_timed(
-                header, command.text, timeout_s=self.config.timeout_s)
+                header, command.text, timeout_s=self.config.timeout_s,
+                **({"gc": True} if self.config.gc_commands else {}))
         except ReplTimeoutError as exc:
             return TimedOut(checked_by=self.checked_by, time_s=exc.limit_s, limit_s=exc.limit_s,
                             layers=("static", "repl"))
@@ -166,12 +167,16 @@ class Verifier:
                 return self.verify_batch(requests, progress=progress)
         return self.pool.run_sync(self.verify_many(requests, progress=progress))
 
+    async def prewarm(self, headers: Sequence[str]) -> int:
+        """Start REPLs for these problem headers now (`ReplPool.prewarm`); how many started."""
+        return await self.pool.prewarm(headers)
+
 
 def make_verifier(config: VerifierConfig) -> Any:
     """The verifier `config` asks for, behind one calling convention (`verify`, `verify_many`,
     `verify_batch`, `with`/`async with`): the REPL pool for 'repl' (the pinned toolchain
     unless `repl_command` is set) and 'standin' (the test double, `standin_rules` required),
-    kimina-lean-server's client for 'kimina'.
+    kimina-lean-server's client for 'kimina', a fleet of `prover lean serve` servers for 'remote'.
 
     Raises `VerifierConfigError` for a configuration that names no usable backend (a user's
     mistake) and `ToolchainError` when the pinned Lean toolchain is missing (nothing can check).
@@ -192,6 +197,13 @@ def make_verifier(config: VerifierConfig) -> Any:
         from lean_env.backends.kimina import KiminaVerifier  # imports this module
 
         return KiminaVerifier(config)
+    if config.backend == "remote":
+        if not config.remote_urls:
+            raise VerifierConfigError("verifier.backend 'remote' needs verifier.remote_urls "
+                                      "(servers started with `prover lean serve`)")
+        from lean_env.backends.remote import RemoteVerifier  # imports this module
+
+        return RemoteVerifier(config)
     if config.backend == "dojo":
         raise VerifierConfigError("verifier.backend 'dojo' serves tactic sessions only (LeanDojo); "
                                   "checking whole proofs needs backend 'repl' or 'kimina'")

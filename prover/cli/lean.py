@@ -343,3 +343,52 @@ def check_set(
         if out is not None:
             _say(f"wrote {out}/results.jsonl, summary.json, config.resolved.toml")
     raise typer.Exit(EXIT_OK if summary["passed"] == summary["total"] else exit_code_for(summary["outcomes"]))
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to bind. Anything but loopback needs --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="TCP port (0: pick a free one and print it).")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="PROVER_SERVE_API_KEY",
+        help="Key clients send as `Authorization: Bearer KEY` (kimina-ast-client's api_key).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="REPL processes (default: verifier.workers of the config).")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0.1, help="Wall-clock limit per proof, seconds (default: verifier.timeout_s).")] = None,
+    max_pending: Annotated[int, typer.Option(
+        "--max-pending", min=1, help="Snippets admitted at once; beyond, HTTP 503 with Retry-After.")] = 256,
+    prewarm: Annotated[str | None, typer.Option(
+        "--prewarm", help="Problem set (a .jsonl/.lean path or a suite name) whose headers get "
+        "warm REPLs before the first request.")] = None,
+    standin: Annotated[Path | None, typer.Option(
+        "--standin", help="TEST DOUBLE: serve the stand-in REPL with this rule table instead of "
+        "Lean. Its verdicts are not Lean's.", hidden=True)] = None,
+) -> None:
+    """Serve the verifier over HTTP: our verdicts at POST /v1/verify, kimina-lean-server's
+    /api/check and /verify, /health, /ready, /metrics (see lean_env.service). Stops on Ctrl-C
+    after finishing the requests in flight."""
+    from pydantic import ValidationError
+
+    from lean_env.service import ServiceConfig
+    from lean_env.service import serve as run_service
+
+    try:
+        service = ServiceConfig(host=host, port=port, api_key=api_key, max_pending=max_pending,
+                                max_batch=min(64, max_pending))
+    except ValidationError as exc:
+        raise UserError(f"serve: {exc.errors()[0]['msg']}") from None
+    verifier = open_verifier(config_from_context(
+        ctx, {"verifier.workers": workers, "verifier.timeout_s": timeout}).verifier, standin)
+    headers = []
+    if prewarm is not None:
+        from prover.problems import load_problems
+
+        headers = [p.header for p in load_problems(prewarm)]
+    label = f"[{STANDIN_LABEL}] " if standin is not None else ""
+    run_service(verifier, service, prewarm=headers, on_ready=lambda url: err_console.print(
+        f"{label}serving {verifier.checked_by} on {url}", markup=False, highlight=False,
+        soft_wrap=True))
