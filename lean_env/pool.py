@@ -6,7 +6,8 @@ id: candidates never see each other, and none pays the import again. Headers are
 exactly, after trailing whitespace is normalised. With `config.key_by_imports` (kimina's way),
 commands are keyed by the header's import lines only: its `set_option`/`open` lines travel
 with each command, on the command's first line (which `acceptance.lean_command` leaves blank
-where the header was; otherwise on a line of their own, and Lean's positions are moved back),
+where the header was; otherwise in front of that line, and Lean's columns there are moved
+back), so lines never move,
 so problems whose headers differ only in those share processes. Leases (tactic sessions) always
 import the whole header.
 
@@ -98,28 +99,34 @@ def split_header(header: str) -> tuple[str, str]:
 
 
 def _with_prelude(prelude: str, code: str) -> tuple[str, int]:
-    """`code` with `prelude` in front and the lines Lean's positions must move back by."""
-    if code.startswith("\n"):
+    """`code` with `prelude` (the header's `set_option`/`open` commands, one line) in front, on
+    the first line, and the columns Lean's positions on that line must move back by. Lines never
+    move: messages keep the candidate's own line numbers (the judge reads its answers by line,
+    and repair shows Lean's errors at the candidate's lines)."""
+    first, _, _ = code.partition("\n")
+    if not first.strip():
         return prelude + code, 0
-    return prelude + "\n" + code, 1
+    return prelude + " " + code, len(prelude) + 1
 
 
-def _moved_back(reply: CommandResponse | ErrorReply, lines: int) -> CommandResponse | ErrorReply:
-    """`reply` with every position `lines` lines earlier (a message on the prelude's own line
-    stays on line 1)."""
-    if not lines or not isinstance(reply, CommandResponse):
+def _moved_back(reply: CommandResponse | ErrorReply, columns: int) -> CommandResponse | ErrorReply:
+    """`reply` with positions on line 1 moved `columns` back (a message inside the prelude
+    stays at column 0)."""
+    if not columns or not isinstance(reply, CommandResponse):
         return reply
 
-    def up(line: int) -> int:
-        return max(1, line - lines)
+    def left(line: int, column: int) -> int:
+        return max(0, column - columns) if line == 1 else column
 
     return dataclasses.replace(
         reply,
         messages=tuple(dataclasses.replace(
-            m, line=up(m.line), end_line=None if m.end_line is None else up(m.end_line))
+            m, column=left(m.line, m.column),
+            end_column=None if m.end_column is None or m.end_line is None
+            else left(m.end_line, m.end_column))
             for m in reply.messages),
-        sorries=tuple(dataclasses.replace(s, line=up(s.line)) for s in reply.sorries),
-        tactics=tuple(dataclasses.replace(t, line=up(t.line)) for t in reply.tactics))
+        sorries=tuple(dataclasses.replace(s, column=left(s.line, s.column)) for s in reply.sorries),
+        tactics=tuple(dataclasses.replace(t, column=left(t.line, t.column)) for t in reply.tactics))
 
 
 @dataclass(eq=False)

@@ -59,7 +59,9 @@ def _statement_check(text: str) -> list[dict[str, Any]]:
     for check in _STATEMENT_CHECK.finditer(text):
         name = check["name"].replace("«", "").replace("»", "")
         pos = _position(text, check.start())
-        decl = re.search(r"^(?:theorem|lemma|def)\s+«?" + re.escape(name) + r"»?\s(?P<sig>.*?):=",
+        # A declaration starts a line, or follows the header's `set_option`/`open` commands
+        # that the pool puts in front of the first line.
+        decl = re.search(r"(?:^|[ \t])(?:theorem|lemma|def)\s+«?" + re.escape(name) + r"»?\s(?P<sig>.*?):=",
                          text, re.MULTILINE | re.DOTALL)
         # Inside `namespace X` the constant is `X.NAME`, not `_root_.NAME`.
         opened = len(re.findall(r"^namespace\s", text[:decl.start()], re.MULTILINE)) if decl else 0

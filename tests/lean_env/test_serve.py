@@ -358,3 +358,37 @@ def test_prewarm_starts_repls_for_a_sets_headers_and_eviction_takes_the_oldest_i
     started, after_prewarm, stats = asyncio.run(main())
     assert started == 2 and after_prewarm["idle"] == 2, after_prewarm
     assert (stats["started"], stats["evicted"]) == (3, 1), stats
+
+
+def test_the_header_prelude_moves_no_line_of_lean_s_answer(make_standin):
+    """With REPLs keyed by imports, the header's set_option/open commands ride on the command's
+    first line. Lines must not move: the judge reads `#print axioms` and the statement check by
+    line, and repair shows Lean's errors at the candidate's own lines."""
+    error = {"severity": "error", "pos": {"line": 2, "column": 2}, "endPos": {"line": 2, "column": 8},
+             "data": "linarith failed"}
+    sim = make_standin({"rules": [{"substring": "linarith", "messages": [error]}]})
+    bare = VerifyRequest("p", MINIF2F_HEADER, _statement("p"), _statement("p") + "  linarith\n")
+    whole = VerifyRequest("q", MINIF2F_HEADER, _statement("q"), MINIF2F_HEADER + _statement("q") + "  omega\n")
+    # No header in the candidate: the prelude goes in front of its first line.
+    short = VerifyRequest("r", MINIF2F_HEADER, _statement("r"), _statement("r") + "  omega\n")
+    texts: list[str] = []
+
+    async def main():
+        async with Verifier(_config(sim.rules_path, workers=1), command=sim.argv) as verifier:
+            run = verifier.pool.run_command_timed
+
+            async def spy(header, code, **options):
+                texts.append(code)
+                return await run(header, code, **options)
+
+            verifier.pool.run_command_timed = spy
+            return await verifier.verify_many([bare, whole, short])
+
+    failed, accepted, accepted_short = asyncio.run(main())
+    assert failed.outcome == "rejected:lean_error", failed
+    assert (failed.messages[0].line, failed.messages[0].column) == (2, 2), failed.messages
+    # Accepted: the axioms answer and the statement check were found at their own lines.
+    assert accepted.outcome == "accepted" and accepted.layers == ("static", "repl"), accepted
+    # The stand-in answers `#print axioms` at the line where it finds it: a moved line is a miss.
+    assert accepted_short.outcome == "accepted", accepted_short
+    assert len(texts) == 3 and not texts[0].startswith("\n") and texts[1].startswith("\n"), texts
