@@ -82,6 +82,15 @@ class RunConfig(BaseModel):
         8, ge=1, description="prove whole: problems whose samples are generated in one engine call "
         "and verified together before the next; their results are written as soon as they are "
         "verified. Larger batches keep a GPU busier, smaller ones lose less on a crash.")
+    method: str | None = Field(
+        None, description="prove: the proving method (whole, repair, search); default whole.")
+    budget_samples: int | None = Field(None, ge=1, description="prove: samples per problem, every round included.")
+    budget_tokens: int | None = Field(None, ge=1, description="prove: generated tokens per problem.")
+    budget_seconds: float | None = Field(None, gt=0, description="prove: wall time per problem, seconds.")
+    rounds: int | None = Field(None, ge=0, description="prove --method repair: correction rounds (default 2).")
+    think_tokens: int | None = Field(None, ge=1, description="prove: s1 budget forcing, thinking tokens.")
+    waits: int | None = Field(None, ge=0, description="prove: s1 budget forcing, \"Wait\" extensions (default 0).")
+    expansions: int | None = Field(None, ge=1, description="prove --method search: expansions per problem.")
 
 
 class RunDirError(UserError):

@@ -369,3 +369,27 @@ def test_cli_prove_search_runs_best_first_or_says_it_is_not_available(tiny_check
             result.stderr, result.output
     else:   # the stand-in closes every goal with any tactic: the first expansion proves it
         assert result.exit_code == 0 and "PROVED: foo" in result.stdout, result.output
+
+
+def test_resolved_config_keeps_the_method_and_its_budgets(tiny_checkpoint: Path, tmp_path: Path,
+                                                          reject_rules: Path) -> None:
+    """`prover --config DIR/config.resolved.toml prove` re-runs the same method with the same
+    budgets (before, a re-run from the file fell back to whole-proof sampling)."""
+    import tomllib
+
+    first = runner.invoke(app, ["prove", "mathd_algebra_10", "--problems", "minif2f-valid", "--model",
+                                str(tiny_checkpoint), "--engine", "transformers", "--samples", "1",
+                                "--max-tokens", "8", "--method", "repair", "--rounds", "1",
+                                "--budget-samples", "2", "--out", str(tmp_path / "a"),
+                                "--standin", str(reject_rules), "--json"])
+    assert first.exit_code == 1, first.output
+    job = tomllib.loads((tmp_path / "a" / "config.resolved.toml").read_text())["run"]
+    assert (job["method"], job["rounds"], job["budget_samples"]) == ("repair", 1, 2), job
+    again = runner.invoke(app, ["--config", str(tmp_path / "a" / "config.resolved.toml"), "prove",
+                                "--out", str(tmp_path / "b"), "--json"])
+    assert again.exit_code == 1, again.output
+    rerun = tomllib.loads((tmp_path / "b" / "config.resolved.toml").read_text())["run"]
+    assert (rerun["method"], rerun["rounds"], rerun["budget_samples"]) == ("repair", 1, 2), rerun
+    rows = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    rounds = sorted({a.get("round", 0) for r in rows for a in r["attempts"]})
+    assert rounds == [0, 1] and sum(len(r["attempts"]) for r in rows) == 2, rows

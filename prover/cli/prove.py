@@ -77,9 +77,9 @@ def prove(
         "--model", help="The policy: a Hugging Face checkpoint folder (ours or any causal LM) or a hub "
         "id owner/name (from the local cache, or downloaded); default policy.checkpoint.")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="vllm (default) or transformers.")] = None,
-    method: Annotated[str, typer.Option(
+    method: Annotated[str | None, typer.Option(
         "--method", help="whole (sample whole proofs), repair (whole, then up to --rounds corrections fed "
-        "with Lean's errors) or search (best-first tactic search).")] = "whole",
+        "with Lean's errors) or search (best-first tactic search); default whole.")] = None,
     template: Annotated[str | None, typer.Option(
         "--template", help="Prompt of a released prover: deepseek-prover-v1.5 (default), deepseek-prover-v2, "
         "goedel-prover-v2, kimina-prover, plain; its published sampling values apply where you set none.")] = None,
@@ -96,12 +96,12 @@ def prove(
         "--budget-tokens", min=1, help="At most this many generated tokens per problem (checked between engine calls).")] = None,
     budget_seconds: Annotated[float | None, typer.Option(
         "--budget-seconds", min=0.001, help="Wall-time limit per problem, seconds (checked between engine calls).")] = None,
-    rounds: Annotated[int, typer.Option("--rounds", min=0, help="repair: correction rounds after the first samples.")] = 2,
+    rounds: Annotated[int | None, typer.Option("--rounds", min=0, help="repair: correction rounds after the first samples (default 2).")] = None,
     think_tokens: Annotated[int | None, typer.Option(
         "--think-tokens", min=1, help="CoT templates: s1 budget forcing, thinking capped at N tokens, then the "
         "end-of-thinking marker and a ```lean4 fence are appended to force the answer.")] = None,
-    waits: Annotated[int, typer.Option(
-        "--waits", min=0, help="With --think-tokens: a thinking phase that ends early gets \"Wait\" appended, up to N times.")] = 0,
+    waits: Annotated[int | None, typer.Option(
+        "--waits", min=0, help="With --think-tokens: a thinking phase that ends early gets \"Wait\" appended, up to N times (default 0).")] = None,
     expansions: Annotated[int | None, typer.Option("--expansions", min=1, help="search: frontier expansions per problem.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Lean wall-clock limit per proof, seconds.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="REPL processes checking proofs.")] = None,
@@ -144,12 +144,6 @@ def prove(
     )
     from prover.search.whole import BudgetForcing
 
-    if method not in METHODS:
-        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
-    try:
-        ensure_available(method)
-    except MethodNotAvailable as exc:
-        raise UserError(str(exc)) from None
     config = config_from_context(ctx, {
         "output_dir": out, "policy.checkpoint": model, "policy.engine": engine,
         "policy.sampling.n": samples, "policy.sampling.max_tokens": max_tokens,
@@ -166,6 +160,20 @@ def prove(
     config = config.model_copy(update={"policy": config.policy.model_copy(update={
         "checkpoint": str(checkpoint), "sampling": sampling})})
     job = config.run   # flags first, then the [run] section of --config (a resolved config re-runs its job)
+    method = method or job.method or "whole"
+    if method not in METHODS:
+        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    try:
+        ensure_available(method)
+    except MethodNotAvailable as exc:
+        raise UserError(str(exc)) from None
+    budget_samples = budget_samples if budget_samples is not None else job.budget_samples
+    budget_tokens = budget_tokens if budget_tokens is not None else job.budget_tokens
+    budget_seconds = budget_seconds if budget_seconds is not None else job.budget_seconds
+    rounds = rounds if rounds is not None else (job.rounds if job.rounds is not None else 2)
+    think_tokens = think_tokens if think_tokens is not None else job.think_tokens
+    waits = waits if waits is not None else (job.waits if job.waits is not None else 0)
+    expansions = expansions if expansions is not None else job.expansions
     source, names = _problem_source(run.path, targets or [], problems or job.problems, header)
     names = names or job.names
     split = split if split is not None else job.split
@@ -185,7 +193,10 @@ def prove(
     config = config.model_copy(update={"verifier": verifier.config, "run": job.model_copy(update={
         "command": "prove whole" if method == "whole" else f"prove --method {method}", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]], "problems": source,
         "problems_file": resolved.location, "problems_sha256": resolved.sha256, "split": split,
-        "names": list(names) if names else None, "limit": limit})})
+        "names": list(names) if names else None, "limit": limit, "method": method,
+        "budget_samples": budget_samples, "budget_tokens": budget_tokens, "budget_seconds": budget_seconds,
+        "rounds": rounds if method == "repair" else None, "think_tokens": think_tokens,
+        "waits": waits if think_tokens else None, "expansions": expansions})})
     run.begin(config, total=len(selected), summarize=summarize_records, succeeded=lambda r: bool(r["proved"]),
               unit="problems", extra={"problems": source, "method": method, "checked_by": verifier.checked_by,
                                       "template": config.rollout.prompt_template, "budget": budget.to_json(),
