@@ -300,7 +300,11 @@ def _print_result(prefix: str, result: Any) -> None:
     if best is not None:
         console.print(f"best attempt ({best.verdict.outcome}):\n{best.candidate.rstrip()}", markup=False,
                       highlight=False, soft_wrap=True)
-        for message in getattr(best.verdict, "messages", ()):
+        # Lean's errors and warnings (its info lines, e.g. the axioms answer, are not news here);
+        # the verdict's detail only when it says something the messages do not.
+        shown = [str(m) for m in getattr(best.verdict, "messages", ()) if m.severity != "info"]
+        for message in shown:
             console.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
-        if detail := getattr(best.verdict, "detail", ""):
+        detail = getattr(best.verdict, "detail", "")
+        if detail and detail not in shown:
             console.print(f"  {detail}", markup=False, highlight=False, soft_wrap=True)
