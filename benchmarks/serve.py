@@ -50,11 +50,12 @@ from benchmarks.common import machine_info, package_version, write_json
 from lean_env import standin
 from lean_env.backends.remote import RemoteVerifier
 from lean_env.config import VerifierConfig
+from lean_env.toolchain import CHECKOUT
 from lean_env.verifier import Verifier, VerifyRequest
 
 HEADER = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
           "open BigOperators Real Nat Topology Rat\n\n")
-REPO = Path(__file__).resolve().parents[1]
+REPO = CHECKOUT   # the checkout, as lean_env finds it (servers run from it)
 KIMINA_BATCH, KIMINA_IN_FLIGHT = 8, 5   # kimina-ast-client's check() defaults
 
 
