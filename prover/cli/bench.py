@@ -14,8 +14,13 @@ from prover.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     SEED_MAX,
+    ForceOption,
     JsonFlag,
+    ResumeOption,
+    StandinOption,
+    TimeoutOption,
     UserError,
+    WorkersOption,
     config_from_context,
     console,
     err_console,
@@ -67,20 +72,17 @@ def bench(
     temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")] = None,
     seed: Annotated[int | None, typer.Option(
         "--seed", min=0, max=SEED_MAX, help="Sampling seed (default: drawn and recorded).")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Lean wall-clock limit per proof, seconds.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="REPL processes checking proofs.")] = None,
+    timeout: TimeoutOption = None,
+    workers: WorkersOption = None,
     problems_per_batch: Annotated[int | None, typer.Option(
         "--problems-per-batch", min=1, help="Problems sampled in one engine call; each is written when its batch "
         "is verified, so an interruption loses at most one batch (default run.problems_per_batch, 8).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", file_okay=False, help="Run folder: results.jsonl, summary.json, report.md, passk.png, "
         "config.resolved.toml (default: output_dir of the config).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty run folder.")] = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out: finished problems are skipped; a changed config is refused.")] = False,
-    standin: Annotated[Path | None, typer.Option(
-        "--standin", hidden=True, help="TEST DOUBLE: check with the stand-in REPL and this rule table instead "
-        "of Lean. Its verdicts are not Lean's.")] = None,
+    force: ForceOption = False,
+    resume: ResumeOption = False,
+    standin: StandinOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """pass@k of --method on --suite/--problems: n samples per problem, every one Lean-checked.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,7 +21,8 @@ from policy.config import SEED_MAX  # largest seed torch and vLLM take
 from prover.errors import CannotCheck, UserError
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED",
-           "EXIT_USAGE", "SEED_MAX", "CannotCheck", "JsonFlag", "UserError", "config_from_context",
+           "EXIT_USAGE", "SEED_MAX", "CannotCheck", "ForceOption", "JsonFlag", "ResumeOption",
+           "StandinOption", "TimeoutOption", "WorkersOption", "UserError", "config_from_context",
            "console", "err_console", "exit_code_for", "not_yet_available", "print_json"]
 
 # Exit codes: each means one thing, for every command.
@@ -30,6 +32,19 @@ EXIT_USAGE = 2          # the user's mistake: bad option, unreadable or malforme
 EXIT_NOT_CHECKED = 3    # could not check: no Lean toolchain or REPL, verifier server down, infrastructure
 EXIT_INTERNAL = 70      # a bug in the prover (traceback shown; sysexits' EX_SOFTWARE)
 EXIT_INTERRUPTED = 130  # interrupted: Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention)
+
+# Options every command that checks proofs or writes a run folder shares: one spelling each.
+TimeoutOption = Annotated[float | None, typer.Option(
+    "--timeout", min=0.1, help="Lean wall-clock limit per proof, seconds (default: verifier.timeout_s).")]
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", min=1, help="REPL processes checking proofs (default: verifier.workers).")]
+ForceOption = Annotated[bool, typer.Option(
+    "--force", help="Start over in a non-empty run folder (its run files are removed).")]
+ResumeOption = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out: what results.jsonl holds is skipped (the config must match).")]
+StandinOption = Annotated[Path | None, typer.Option(
+    "--standin", hidden=True, help="TEST DOUBLE: check with the stand-in REPL and this rule table instead "
+    "of Lean. Its verdicts are not Lean's.")]
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON document on stdout (for "

@@ -24,8 +24,12 @@ from prover.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     CannotCheck,
+    ForceOption,
     JsonFlag,
+    ResumeOption,
+    TimeoutOption,
     UserError,
+    WorkersOption,
     config_from_context,
     console,
     err_console,
@@ -254,16 +258,13 @@ def check_set(
         "name (minif2f-valid, ...); default: run.problems of --config.")] = None,
     static: Annotated[bool, typer.Option(
         "--static", help="Only the checks that need no Lean. Says clearly that Lean did not run.")] = False,
-    timeout: Annotated[float | None, typer.Option(
-        "--timeout", min=0.1, help="Wall-clock limit per proof, seconds (default: verifier.timeout_s).")] = None,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="REPL processes (default: verifier.workers of the config).")] = None,
+    timeout: TimeoutOption = None,
+    workers: WorkersOption = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run folder: results.jsonl (appended as proofs are checked), summary.json and "
         "config.resolved.toml.", file_okay=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out (its run files are removed).")] = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out: proofs already in results.jsonl are skipped (the config must match).")] = False,
+    force: ForceOption = False,
+    resume: ResumeOption = False,
     standin: Annotated[Path | None, typer.Option(
         "--standin", help="TEST DOUBLE: check with the stand-in REPL and this rule table "
         "instead of Lean. Its verdicts are not Lean's.", hidden=True)] = None,

@@ -26,8 +26,13 @@ from prover.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     SEED_MAX,
+    ForceOption,
     JsonFlag,
+    ResumeOption,
+    StandinOption,
+    TimeoutOption,
     UserError,
+    WorkersOption,
     config_from_context,
     console,
     err_console,
@@ -103,20 +108,17 @@ def prove(
     waits: Annotated[int | None, typer.Option(
         "--waits", min=0, help="With --think-tokens: a thinking phase that ends early gets \"Wait\" appended, up to N times (default 0).")] = None,
     expansions: Annotated[int | None, typer.Option("--expansions", min=1, help="search: frontier expansions per problem.")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0.1, help="Lean wall-clock limit per proof, seconds.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="REPL processes checking proofs.")] = None,
+    timeout: TimeoutOption = None,
+    workers: WorkersOption = None,
     problems_per_batch: Annotated[int | None, typer.Option(
         "--problems-per-batch", min=1, help="Problems sampled in one engine call and verified together (while "
         "the next batch is sampled); results are written as each batch is verified (default 8).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", file_okay=False, help="Run folder: results.jsonl (every attempt and verdict, appended as problems "
         "finish), summary.json and config.resolved.toml (default: output_dir of the config, runs/latest).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Start over in a non-empty run folder (its run files are removed).")] = False,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out: problems already in results.jsonl are skipped (the config must match).")] = False,
-    standin: Annotated[Path | None, typer.Option(
-        "--standin", hidden=True, help="TEST DOUBLE: check with the stand-in REPL and this rule table instead "
-        "of Lean. Its verdicts are not Lean's.")] = None,
+    force: ForceOption = False,
+    resume: ResumeOption = False,
+    standin: StandinOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Prove each target with --method and check every candidate with Lean.
