@@ -284,6 +284,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have (so a record
+    is written and counted together, never one without the other). Main thread only; elsewhere a
+    no-op (signals are delivered to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)
+
+
 class RunDir:
     """One run folder (or, with `path=None`, a run that writes nothing but still tracks
     progress and interrupts the same way). Build it with `RunDir.prepare`."""
@@ -380,12 +403,15 @@ class RunDir:
                                  stream=progress_stream)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one finished item now (one line, flushed) and count it."""
-        if self._fh is not None:
-            self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self._fh.flush()
-        self.records.append(record)
-        self.done_keys.add(str(record.get(self.key)))
+        """Write one finished item now (one line, flushed) and count it; an interrupt waits until
+        both are done."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with interrupts_held():
+            if self._fh is not None:
+                self._fh.write(line)
+                self._fh.flush()
+            self.records.append(record)
+            self.done_keys.add(str(record.get(self.key)))
         if self.progress is not None:
             self.progress.item(succeeded=self._succeeded(record))
 

@@ -93,6 +93,30 @@ def test_sigterm_is_an_interrupt(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["interrupted"] is True
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_during_append_waits_until_the_record_is_written_and_counted(tmp_path: Path,
+                                                                                  sig: int) -> None:
+    """The race CI once hit: Ctrl-C between writing a line and counting it printed `0/40` while
+    results.jsonl held one record. The signal now arrives inside `append` and acts after it."""
+    run = RunDir.prepare(tmp_path, key="id")
+    _begin(run, total=4)
+    assert run._fh is not None
+    real_flush = run._fh.flush
+
+    def flush_then_signal() -> None:
+        real_flush()
+        run._fh.flush = real_flush         # type: ignore[union-attr,method-assign]  # once only
+        os.kill(os.getpid(), sig)          # delivered before `append` has counted the record
+
+    run._fh.flush = flush_then_signal      # type: ignore[method-assign]
+    with pytest.raises(RunInterrupted) as stopped, run:
+        run.append({"id": "a", "proved": True})
+        raise AssertionError("the interrupt must act once append returns")
+    written = _lines(tmp_path / "results.jsonl")
+    assert (len(written), stopped.value.done) == (1, 1), (written, str(stopped.value))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C's handler is restored"
+
+
 def test_resume_skips_what_is_done_and_checks_the_config(tmp_path: Path) -> None:
     config = ProverConfig(output_dir=tmp_path)
     run = RunDir.prepare(tmp_path, key="id")
