@@ -15,6 +15,7 @@ output embeddings).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -109,14 +110,15 @@ def naive_token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: 
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
-def final_hidden(model: nn.Module, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """The final-normed hidden states (B, T, D) that the output head reads."""
+def final_hidden(model: nn.Module, tokens: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The final-normed hidden states (B, T, D) that the output head reads, and our MoE's
+    sequence-wise balance loss (alpha applied; None when off or for other models)."""
     if isinstance(model, Transformer):
-        return model(tokens, return_hidden=True)  # causal, right padding cannot leak backwards
+        return model.trunk(tokens)  # causal: right padding cannot leak into earlier positions
     base = getattr(model, "base_model", None)
     if base is None or base is model:
         raise TypeError(f"{type(model).__name__} is neither our Transformer nor a transformers causal LM")
-    return base(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+    return base(input_ids=tokens, attention_mask=attention_mask).last_hidden_state, None
 
 
 def output_head(model: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -127,6 +129,16 @@ def output_head(model: nn.Module) -> tuple[Tensor, Tensor | None]:
     return head.weight, head.bias
 
 
+@dataclass
+class SequenceLogprobs:
+    """logprobs (B, T-1) float32: position t scores token t + 1, with gradient; entropy (B, T-1)
+    or None, no gradient; aux_loss: the model's balance loss for this forward, or None."""
+
+    logprobs: Tensor
+    entropy: Tensor | None
+    aux_loss: Tensor | None
+
+
 def sequence_logprobs(
     model: nn.Module,
     tokens: Tensor,
@@ -134,10 +146,11 @@ def sequence_logprobs(
     *,
     chunk_tokens: int = 1024,
     entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """tokens (B, T) -> log p(tokens[:, t+1] | tokens[:, :t+1]) (B, T-1) float32 (and entropies),
-    with gradient into the model. Position t of the result scores token t + 1."""
-    hidden = final_hidden(model, tokens, attention_mask)[:, :-1]
+) -> SequenceLogprobs:
+    """tokens (B, T) -> log p(tokens[:, t+1] | tokens[:, :t+1]) for t < T - 1, with gradient into
+    the model (and the per-position entropies with entropy=True)."""
+    hidden, aux = final_hidden(model, tokens, attention_mask)
     weight, bias = output_head(model)
-    return chunked_token_logprobs(hidden, weight, tokens[:, 1:], bias=bias, chunk_tokens=chunk_tokens,
-                                  entropy=entropy)
+    logp, ent = chunked_token_logprobs(hidden[:, :-1], weight, tokens[:, 1:], bias=bias,
+                                       chunk_tokens=chunk_tokens, entropy=entropy)
+    return SequenceLogprobs(logp, ent, aux)

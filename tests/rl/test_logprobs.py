@@ -51,7 +51,7 @@ def test_chunked_matches_naive_values_and_gradients(chunk: int, with_bias: bool)
 def test_policy_sequence_logprobs_equal_log_softmax_of_forward() -> None:
     model = _micro_model()
     tokens = torch.randint(0, 97, (2, 11))
-    got, _ = sequence_logprobs(model, tokens, chunk_tokens=4)
+    got = sequence_logprobs(model, tokens, chunk_tokens=4).logprobs
     want = torch.log_softmax(model(tokens).float(), -1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
     assert got.shape == (2, 10) and torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     got.sum().backward()
@@ -67,7 +67,7 @@ def test_hf_causal_lm_sequence_logprobs() -> None:
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
     tokens = torch.randint(0, 61, (2, 9))
     mask = torch.ones_like(tokens)
-    got, _ = sequence_logprobs(model, tokens, mask, chunk_tokens=3)
+    got = sequence_logprobs(model, tokens, mask, chunk_tokens=3).logprobs
     logits = model(input_ids=tokens, attention_mask=mask).logits.float()
     want = torch.log_softmax(logits, -1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
