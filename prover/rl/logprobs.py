@@ -123,7 +123,7 @@ def final_hidden(model: nn.Module, tokens: Tensor, attention_mask: Tensor | None
 
 def output_head(model: nn.Module) -> tuple[Tensor, Tensor | None]:
     """(weight (V, D), bias or None) of the model's output head."""
-    head = model.lm_head if isinstance(model, Transformer) else model.get_output_embeddings()
+    head = model.lm_head if isinstance(model, Transformer) else getattr(model, "get_output_embeddings", lambda: None)()
     if not isinstance(head, nn.Linear):
         raise TypeError(f"output head of {type(model).__name__} is {type(head).__name__}, not nn.Linear")
     return head.weight, head.bias

@@ -3,6 +3,9 @@ changes nothing but memory, the MoE balancing keeps running, routing replay uses
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,11 +25,23 @@ ARGS = ModelArgs(
 PROMPT = (1, 5, 9, 13)
 
 
-def _policy(tmp_path) -> Transformer:
-    """A tiny MoE policy that went through an HF-format checkpoint, as the learner gets it."""
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MoE policy saved as an HF-format checkpoint, as the learner starts from one."""
     torch.manual_seed(0)
-    save_pretrained(Transformer(ARGS), tmp_path / "ckpt")
-    return load_pretrained(tmp_path / "ckpt")
+    path = tmp_path_factory.mktemp("policy") / "ckpt"
+    save_pretrained(Transformer(ARGS), path)
+    return path
+
+
+_LOADED: dict[Path, Transformer] = {}
+
+
+def _policy(checkpoint: Path) -> Transformer:
+    """A fresh copy of the checkpoint's model (loaded once per module)."""
+    if checkpoint not in _LOADED:
+        _LOADED[checkpoint] = load_pretrained(checkpoint)
+    return copy.deepcopy(_LOADED[checkpoint])
 
 
 @torch.no_grad()
@@ -54,9 +69,10 @@ def _group(model: torch.nn.Module, completions: list[tuple[int, ...]], rewards: 
 COMPLETIONS = [(20, 21, 22, 23, 2), (30, 31, 32, 2), (40, 41, 42, 43, 44, 2), (50, 51, 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy_loss", ["vanilla", "cispo", "gspo"])
-def test_grpo_steps_raise_the_rewarded_completion(tmp_path, policy_loss: str) -> None:
-    model = _policy(tmp_path)
+def test_grpo_steps_raise_the_rewarded_completion(checkpoint: Path, policy_loss: str) -> None:
+    model = _policy(checkpoint)
     bias_before = [g.e_score_correction_bias.clone() for g in model.modules() if isinstance(g, Gate)]
     config = GRPOConfig(policy_loss=policy_loss, mini_batches=2, clip_ratio_low=1.0 if policy_loss == "cispo" else 0.2)
     learner = Learner(model, config, learning_rate=3e-3, micro_batch_size=1, max_grad_norm=1.0, max_tokens=16)
@@ -81,13 +97,14 @@ def test_grpo_steps_raise_the_rewarded_completion(tmp_path, policy_loss: str) ->
     learner.close()
 
 
-def test_gradient_accumulation_equals_one_big_batch(tmp_path) -> None:
+@pytest.mark.slow
+def test_gradient_accumulation_equals_one_big_batch(checkpoint: Path) -> None:
     """The same step with micro-batches of 1 and of 4 sequences gives the same parameters: every
     micro-batch loss is normalised by the whole mini-batch's counts."""
     for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
         results = []
         for micro in (1, 4):
-            model = _policy(tmp_path)
+            model = _policy(checkpoint)
             episodes = _group(model, COMPLETIONS, [1.0, 0.0, 1.0, 0.0])
             config = GRPOConfig(loss_agg_mode=mode)
             learner = Learner(model, config, learning_rate=0.1, micro_batch_size=micro, max_grad_norm=1e9,
@@ -98,8 +115,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path) -> None:
         assert diff < 1e-5, f"{mode}: micro-batch 1 vs 4 parameters differ by {diff}"
 
 
-def test_truncated_completions_are_masked(tmp_path) -> None:
-    model = _policy(tmp_path)
+def test_truncated_completions_are_masked(checkpoint: Path) -> None:
+    model = _policy(checkpoint)
     episodes = _group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0])
     cut = [Episode(**{**e.__dict__, "truncated": i == 2}) for i, e in enumerate(episodes)]
     learner = Learner(model, GRPOConfig(mask_truncated_completions=True), learning_rate=1e-3, micro_batch_size=4,
@@ -109,8 +126,8 @@ def test_truncated_completions_are_masked(tmp_path) -> None:
     assert metrics["trained_tokens"] == want, (metrics["trained_tokens"], want)
 
 
-def test_too_long_episode_is_refused_with_numbers(tmp_path) -> None:
-    model = _policy(tmp_path)
+def test_too_long_episode_is_refused_with_numbers(checkpoint: Path) -> None:
+    model = _policy(checkpoint)
     long = (7,) * 70
     episode = Episode(problem_id="long", group=0, prompt_ids=PROMPT, completion_ids=long, loss_mask=(True,) * 70,
                       rollout_logprobs=(0.0,) * 70, reward=1.0, outcome="accepted")
@@ -119,12 +136,12 @@ def test_too_long_episode_is_refused_with_numbers(tmp_path) -> None:
         learner.step([episode, episode])
 
 
-def test_kl_needs_reference_and_reports_k3(tmp_path) -> None:
-    model = _policy(tmp_path)
+def test_kl_needs_reference_and_reports_k3(checkpoint: Path) -> None:
+    model = _policy(checkpoint)
     with pytest.raises(ValueError, match="kl_coef = 0.1 needs a reference model"):
         Learner(model, GRPOConfig(kl_coef=0.1), learning_rate=1e-3, micro_batch_size=2, max_grad_norm=1.0,
                 max_tokens=16)
-    reference = _policy(tmp_path)
+    reference = _policy(checkpoint)
     learner = Learner(model, GRPOConfig(kl_coef=0.1), learning_rate=1e-2, micro_batch_size=2, max_grad_norm=1.0,
                       max_tokens=16, reference=reference)
     first = learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0]))
@@ -132,8 +149,8 @@ def test_kl_needs_reference_and_reports_k3(tmp_path) -> None:
     assert abs(first["kl_k3"]) < 1e-6 < second["kl_k3"], (first["kl_k3"], second["kl_k3"])
 
 
-def test_export_weights_load_into_a_fresh_checkpoint(tmp_path) -> None:
-    model = _policy(tmp_path)
+def test_export_weights_load_into_a_fresh_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    model = _policy(checkpoint)
     learner = Learner(model, GRPOConfig(), learning_rate=1e-2, micro_batch_size=4, max_grad_norm=1.0, max_tokens=16)
     learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0]))
     weights = learner.export_weights()
@@ -141,14 +158,14 @@ def test_export_weights_load_into_a_fresh_checkpoint(tmp_path) -> None:
     from safetensors.torch import save_file
     (tmp_path / "pushed").mkdir()
     save_file({k: v.contiguous().clone() for k, v in weights.items()}, str(tmp_path / "pushed" / "model.safetensors"))
-    (tmp_path / "pushed" / "config.json").write_text((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "pushed" / "config.json").write_text((checkpoint / "config.json").read_text())
     reloaded = load_pretrained(tmp_path / "pushed")
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
-def test_routing_replay_uses_the_given_experts(tmp_path) -> None:
-    model = _policy(tmp_path).eval()
+def test_routing_replay_uses_the_given_experts(checkpoint: Path) -> None:
+    model = _policy(checkpoint).eval()
     tokens = torch.tensor([PROMPT + COMPLETIONS[0]])
     chosen: dict[int, torch.Tensor] = {}
     handles = [model.layers[i].mlp.gate.register_forward_hook(
@@ -171,17 +188,15 @@ def test_routing_replay_uses_the_given_experts(tmp_path) -> None:
         replayed_other = model(tokens)
     assert not torch.allclose(own[0, 1:], replayed_other[0, 1:], atol=1e-4), "replay had no effect"
     assert torch.allclose(own[0, 0], replayed_other[0, 0], atol=1e-6), "-1 row must keep the router's choice"
-    with pytest.raises(ValueError, match="expected \\(B, T, n_layers=3, k=2\\)"):
-        with replay_routing(model, routed[..., :1]):
-            pass
+    with pytest.raises(ValueError, match="expected \\(B, T, n_layers=3, k=2\\)"), \
+            replay_routing(model, routed[..., :1]):
+        pass
 
 
-def test_learner_with_routing_replay_trains(tmp_path) -> None:
-    model = _policy(tmp_path)
-    T = len(PROMPT) + max(len(c) for c in COMPLETIONS)
+def test_learner_with_routing_replay_trains(checkpoint: Path) -> None:
+    model = _policy(checkpoint)
     routed = [torch.randint(0, ARGS.n_routed_experts, (len(PROMPT) + len(c) - 1, ARGS.n_layers, 2)).numpy()
               for c in COMPLETIONS]
-    del T
     learner = Learner(model, GRPOConfig(routing_replay=True), learning_rate=3e-3, micro_batch_size=2,
                       max_grad_norm=1.0, max_tokens=16)
     metrics = learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0], routed=routed))
