@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,17 +194,39 @@ def test_routing_replay_uses_the_given_experts(checkpoint: Path) -> None:
         pass
 
 
-def test_learner_with_routing_replay_trains(checkpoint: Path) -> None:
-    model = _policy(checkpoint)
-    routed = [torch.randint(0, ARGS.n_routed_experts, (len(PROMPT) + len(c) - 1, ARGS.n_layers, 2)).numpy()
-              for c in COMPLETIONS]
-    learner = Learner(model, GRPOConfig(routing_replay=True), learning_rate=3e-3, micro_batch_size=2,
-                      max_grad_norm=1.0, max_tokens=16)
-    metrics = learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0], routed=routed))
-    assert metrics["grad_norm"] > 0, metrics
-    without = _group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0])
+def _own_routing(model: Transformer, completion: tuple[int, ...]) -> np.ndarray:
+    """The experts the model itself picks for prompt + completion, in vLLM's layout
+    (tokens - 1, n_layers, k): the last token is never fed back, dense layers' rows stay 0."""
+    tokens = torch.tensor([PROMPT + completion])
+    chosen: dict[int, torch.Tensor] = {}
+    handles = [model.layers[i].mlp.gate.register_forward_hook(
+        lambda m, i_, out, layer=i: chosen.__setitem__(layer, out[1].clone())) for i in moe_layer_ids(model)]
+    with torch.no_grad():
+        model(tokens)
+    for h in handles:
+        h.remove()
+    routed = np.zeros((tokens.shape[1] - 1, ARGS.n_layers, ARGS.n_activated_experts), dtype=np.uint8)
+    for layer, idx in chosen.items():
+        routed[:, layer] = idx[:-1].numpy()
+    return routed
+
+
+def test_learner_with_routing_replay_uses_the_engine_experts(checkpoint: Path) -> None:
+    """Episodes carry the engine's experts; the engine's logprobs were computed with the model's own
+    routing. Replaying that same routing, learner and engine agree (mismatch 0); replaying other
+    experts, the learner's forward differs from the engine's, which the mismatch metric shows."""
+    model = _policy(checkpoint).eval()
+    own = [_own_routing(model, c) for c in COMPLETIONS]
+    other = [((r.astype(np.int64) + 3) % ARGS.n_routed_experts) for r in own]
+    model.train()
+    config = GRPOConfig(routing_replay=True)
+    learner = Learner(model, config, learning_rate=1e-4, micro_batch_size=2, max_grad_norm=1.0, max_tokens=16)
+    same = learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0], routed=own))
+    shifted = learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0], routed=other))
+    assert same["mismatch_k3"] < 1e-8 < shifted["mismatch_k3"], (same["mismatch_k3"], shifted["mismatch_k3"])
+    assert same["grad_norm"] > 0, same
     with pytest.raises(ValueError, match="has no routed_experts"):
-        learner.step(without)
+        learner.step(_group(model, COMPLETIONS, [1.0, 0.0, 0.0, 0.0]))
 
 
 def test_hf_causal_lm_learns_too() -> None:
