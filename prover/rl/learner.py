@@ -137,6 +137,8 @@ class Learner:
             routed = torch.full((bsz, longest, a.n_layers, a.n_activated_experts), -1, dtype=torch.long)
         for i, e in enumerate(episodes):
             p, n = len(e.prompt_ids), len(e.completion_ids)
+            if p == 0:
+                raise ValueError(f"episode {e.problem_id}: empty prompt (the first completion token needs a prefix)")
             tokens[i, : p + n] = torch.tensor(e.prompt_ids + e.completion_ids)
             attention[i, : p + n] = 1
             if not (self.config.mask_truncated_completions and e.truncated):
