@@ -247,6 +247,12 @@ def _to_hf(model: Transformer) -> dict[str, Tensor]:
     return out
 
 
+def checkpoint_tensors(model: Transformer) -> dict[str, Tensor]:
+    """The model's weights under the checkpoint's (DeepSeek's) names, as `save_pretrained` writes
+    them, without copying: what a learner hands `GenerationEngine.load_weights`."""
+    return _to_hf(model)
+
+
 def _from_hf(tensors: Mapping[str, Tensor], args: ModelArgs) -> dict[str, Tensor]:
     """DeepSeek/transformers checkpoint names -> our state dict (per-expert or fused experts)."""
     out: dict[str, Tensor] = {}

@@ -6,7 +6,7 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 `--config` reproduces the run.
 
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
-[rollout], [training], [benchmark]. Defaults name their source: GRPO values follow
+[rollout], [training], [grpo] (the RL objective), [benchmark]. Defaults name their source: GRPO values follow
 DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
@@ -79,6 +79,161 @@ class TrainingConfig(BaseModel):
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
 
 
+AdvantageEstimator = Literal["grpo", "dr_grpo"]
+PolicyLossName = Literal["vanilla", "cispo", "gspo"]
+LossAggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+RolloutCorrection = Literal["none", "tis", "mis", "icepop"]
+CorrectionLevel = Literal["token", "sequence"]
+
+
+class GRPOConfig(BaseModel):
+    """The GRPO objective and how a rollout batch becomes optimizer steps (`prover.rl.losses`,
+    `prover.rl.learner`). Group size G is `policy.sampling.n`; the completion budget is
+    `policy.sampling.max_tokens`; learning rate, micro-batch size and clipping norm are
+    [training]'s. Each option names the paper it comes from and the verl / TRL spelling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    advantage_estimator: AdvantageEstimator = Field(
+        "grpo",
+        description="Group-relative advantage. 'grpo': (r - mean_group) / (std_group + eps), the unbiased "
+        "(Bessel) std as torch.std (DeepSeekMath, Shao et al. 2024); 'dr_grpo': r - mean_group, no std "
+        "scaling (Dr. GRPO, Liu et al. 2025, 'Understanding R1-Zero-like training'). verl: "
+        "algorithm.adv_estimator=grpo with norm_adv_by_std_in_grpo; TRL: scale_rewards.",
+    )
+    advantage_eps: float = Field(
+        1e-6, gt=0, description="eps added to the group std in 'grpo' advantages (verl's epsilon, 1e-6)."
+    )
+    policy_loss: PolicyLossName = Field(
+        "vanilla",
+        description="Policy-gradient surrogate. 'vanilla': PPO's clipped ratio per token with separate "
+        "low/high clip (GRPO, DeepSeekMath; clip-higher when clip_ratio_high > clip_ratio_low, DAPO, Yu et "
+        "al. 2025); 'cispo': REINFORCE weighted by the clipped, stop-gradient IS ratio, no token dropped "
+        "(CISPO, MiniMax-M1, arXiv:2506.13585); 'gspo': one length-normalised ratio per sequence, clipped "
+        "per sequence, proposed for MoE stability (GSPO, Zheng et al. 2025, arXiv:2507.18071; the "
+        "GSPO-token form). verl: actor.policy_loss.loss_mode = vanilla | cispo | gspo; TRL: loss_type, "
+        "importance_sampling_level='sequence' for GSPO.",
+    )
+    clip_ratio_low: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="epsilon_low: the ratio's lower bound is 1 - clip_ratio_low. 0.2 as PPO/DeepSeekMath; "
+        "GSPO uses 3e-4 (sequence ratios); CISPO sets no lower bound (1.0). verl: clip_ratio_low; TRL: epsilon.",
+    )
+    clip_ratio_high: float = Field(
+        0.2,
+        gt=0,
+        description="epsilon_high: the ratio's upper bound is 1 + clip_ratio_high. DAPO's clip-higher uses "
+        "0.28; GSPO 4e-4. verl: clip_ratio_high; TRL: epsilon_high.",
+    )
+    loss_agg_mode: LossAggregation = Field(
+        "token-mean",
+        description="How per-token losses become one number. 'token-mean': mean over every trained token "
+        "of the mini-batch (DAPO); 'seq-mean-token-mean': mean over tokens within each sequence, then over "
+        "sequences (GRPO as in DeepSeekMath; GSPO's own); 'seq-mean-token-sum-norm': per-sequence token sum "
+        "divided by policy.sampling.max_tokens, mean over sequences (Dr. GRPO's length-unbiased constant). "
+        "verl: actor.loss_agg_mode; TRL: loss_type dapo | grpo | dr_grpo.",
+    )
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description="beta: weight of the per-token k3 estimate of KL(pi || pi_ref), exp(ref - logp) - "
+        "(ref - logp) - 1 (Schulman, 'Approximating KL divergence', 2020; DeepSeekMath used 0.04). 0 = no "
+        "reference model is loaded, as TRL's current default. verl: actor.kl_loss_coef with "
+        "kl_loss_type=low_var_kl; TRL: beta.",
+    )
+    rollout_correction: RolloutCorrection = Field(
+        "tis",
+        description="Rollout/learner mismatch correction from the engine's own logprobs, weight w = "
+        "pi_learner(old) / pi_engine. 'none'; 'tis': truncate w at rollout_is_threshold (Yao et al. 2025, "
+        "'Your efficient RL framework secretly brings you off-policy RL training'); 'mis': mask (weight 0) "
+        "where w > rollout_is_threshold, keep w elsewhere (masked IS, Yao/Liu et al. 2025, 'When speed "
+        "kills stability'); 'icepop': keep w only inside [rollout_is_threshold_low, rollout_is_threshold] "
+        "(IcePop, Ling team, Ring-1T 2025). verl: algorithm.rollout_correction (rollout_is / "
+        "rollout_rs); TRL: vllm_importance_sampling_correction with vllm_importance_sampling_cap.",
+    )
+    rollout_is_level: CorrectionLevel = Field(
+        "token",
+        description="'token': one weight per token; 'sequence': one weight per sequence, the product of its "
+        "token ratios. verl: rollout_is=token|sequence; TRL: vllm_importance_sampling_mode.",
+    )
+    rollout_is_threshold: float = Field(
+        2.0,
+        gt=1,
+        description="Upper threshold C on the mismatch weight (TIS truncation / MIS and IcePop mask). TIS "
+        "and verl default 2; IcePop uses 5. verl: rollout_is_threshold; TRL: vllm_importance_sampling_cap.",
+    )
+    rollout_is_threshold_low: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Lower threshold of 'icepop' (weights below it are masked); IcePop uses 0.5.",
+    )
+    dynamic_sampling: bool = Field(
+        False,
+        description="Drop groups whose rewards are all equal (zero advantage, no gradient) and sample more "
+        "prompts until rollout.prompts_per_step informative groups are collected (DAPO). verl: "
+        "algorithm.filter_groups.enable.",
+    )
+    max_refill_rounds: int = Field(
+        8,
+        ge=1,
+        description="Dynamic sampling: at most this many generation rounds per step before training on "
+        "what was collected. verl: filter_groups.max_num_gen_batches.",
+    )
+    overlong_buffer_tokens: int = Field(
+        0,
+        ge=0,
+        description="Soft overlong punishment (DAPO eq. 13): completions longer than max_tokens - this many "
+        "tokens get a penalty rising linearly to overlong_penalty_factor at max_tokens. 0 = off (DAPO uses "
+        "4096 of 20480). verl: reward_model.overlong_buffer.len.",
+    )
+    overlong_penalty_factor: float = Field(
+        1.0, ge=0, description="Largest soft overlong penalty (DAPO: 1). verl: overlong_buffer.penalty_factor."
+    )
+    mask_truncated_completions: bool = Field(
+        False,
+        description="Completions cut at max_tokens train nothing (their loss mask is zeroed; they still "
+        "count in their group's advantage statistics): DAPO's overlong filtering. TRL: "
+        "mask_truncated_completions.",
+    )
+    format_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="Optional shaping: a completion with no Lean code at all (verdict not_checked:no_code) "
+        "scores -format_penalty instead of 0. Acceptance alone gives reward 1; 0 = off.",
+    )
+    mini_batches: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per rollout batch; the batch is split into this many mini-batches "
+        "(1 = strictly on-policy, ratios are 1 and clipping is inactive). GSPO used 4. TRL: "
+        "steps_per_generation; verl: train_batch_size / ppo_mini_batch_size.",
+    )
+    logprob_chunk_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Tokens whose vocabulary logits are materialised at once when computing log-probs "
+        "(memory: chunk x vocab x 4 bytes).",
+    )
+    routing_replay: bool = Field(
+        False,
+        description="MoE routing replay R3: the learner's forward uses the experts the rollout engine chose "
+        "(vLLM enable_return_routed_experts) instead of routing afresh (Ma et al. 2025, 'Stabilizing MoE RL "
+        "by aligning training and inference routers'). Needs episodes carrying routed_experts.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_agree(self) -> GRPOConfig:
+        if self.policy_loss != "cispo" and self.clip_ratio_low >= 1:
+            raise ValueError(
+                f"grpo.clip_ratio_low = {self.clip_ratio_low} puts the ratio's lower bound at "
+                f"{1 - self.clip_ratio_low:g}; below 1 is needed except for policy_loss = 'cispo'"
+            )
+        return self
+
+
 class BenchmarkConfig(BaseModel):
     """pass@k on a suite, reported so others can reproduce it (samples per problem:
     `policy.sampling.n`)."""
@@ -107,6 +262,7 @@ class ProverConfig(BaseModel):
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
@@ -124,7 +280,32 @@ class ProverConfig(BaseModel):
                 f"benchmark.k values {too_big} exceed policy.sampling.n = {sampling.n}, the samples "
                 "per problem that pass@k is estimated from"
             )
+        buffer = self.grpo.overlong_buffer_tokens
+        if buffer >= sampling.max_tokens:
+            raise ValueError(
+                f"grpo.overlong_buffer_tokens = {buffer} must be below policy.sampling.max_tokens = "
+                f"{sampling.max_tokens} (the penalty ramps over the last buffer tokens of the budget)"
+            )
         return self
+
+
+def check_grpo_run(config: ProverConfig) -> None:
+    """The checks only a GRPO run needs (other commands sample n = 1 and never split batches);
+    the RL entry point calls this after `resolve_config`. Raises ConfigError quoting the numbers."""
+    n, prompts = config.policy.sampling.n, config.rollout.prompts_per_step
+    if n < 2:
+        raise ConfigError(
+            f"policy.sampling.n = {n}: GRPO's advantage compares completions of one prompt, so the "
+            "group size must be >= 2"
+        )
+    batch = prompts * n
+    minis, micro = config.grpo.mini_batches, config.training.micro_batch_size
+    if batch % (minis * micro):
+        raise ConfigError(
+            f"rollout.prompts_per_step x policy.sampling.n = {prompts} x {n} = {batch} sequences do not "
+            f"split into grpo.mini_batches = {minis} mini-batches of whole micro-batches of "
+            f"training.micro_batch_size = {micro} ({minis} x {micro} = {minis * micro} must divide {batch})"
+        )
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -9,7 +9,9 @@ into `completion_ids` with `loss_mask` False: they are context for the policy, n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class Episode:
     outcome: the verdict's outcome string ("accepted", "rejected", "timeout"), for metrics.
     truncated: the engine stopped at its token limit (`finish_reason == "length"`).
     policy_version: the learner step whose weights sampled it (the staleness bound uses it).
+    routed_experts: for MoE routing replay (R3), the experts the engine chose for each token of
+        prompt + completion, int array (tokens, layers, k) indexed by the model's layer number
+        (vLLM's `CompletionOutput.routed_experts` layout, [seq_len, layer_num, topk]; dense layers'
+        rows are ignored). Rows may stop short of the last token (it is never fed back); None when
+        the engine did not return them.
     """
 
     problem_id: str
@@ -42,6 +49,7 @@ class Episode:
     outcome: str
     truncated: bool = False
     policy_version: int = 0
+    routed_experts: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids)

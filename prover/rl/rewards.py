@@ -1,0 +1,60 @@
+"""Rewards: the one place where a Lean verdict becomes a number, and where groups are kept or dropped.
+
+The reward is Lean's acceptance and nothing else: an `Accepted` verdict (every acceptance rule
+of lean_env held) scores 1, a rejected or timed-out proof 0. A `NotChecked` verdict caused by our
+own infrastructure says nothing about the proof, so it is not scored at all (None): the episode
+leaves the batch rather than teaching the policy that a good proof was worth 0. Optional shaping,
+off by default and configured in `prover.config.GRPOConfig`:
+  - format: a completion with no Lean code (not_checked:no_code) scores -format_penalty;
+  - length: DAPO's soft overlong punishment (Yu et al. 2025, eq. 13) over the last
+    overlong_buffer_tokens of the completion budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lean_env.verdict import Accepted, NotChecked, Verdict
+from prover.config import GRPOConfig
+from prover.rl.episodes import Episode, groups
+
+
+def overlong_penalty(completion_tokens: int, max_tokens: int, buffer_tokens: int, factor: float) -> float:
+    """DAPO eq. 13: 0 up to max_tokens - buffer; then falling linearly to -factor at max_tokens;
+    -factor beyond (a completion cut at the limit). buffer_tokens = 0 turns it off."""
+    if buffer_tokens <= 0:
+        return 0.0
+    start = max_tokens - buffer_tokens
+    if completion_tokens <= start:
+        return 0.0
+    if completion_tokens <= max_tokens:
+        return factor * (start - completion_tokens) / buffer_tokens
+    return -factor
+
+
+def reward(verdict: Verdict, *, completion_tokens: int, max_tokens: int, config: GRPOConfig) -> float | None:
+    """The reward of one completion, or None when Lean never judged it for reasons of our own
+    (`NotChecked` with cause "infrastructure"): such episodes are excluded, never scored 0."""
+    if isinstance(verdict, NotChecked):
+        if verdict.cause == "infrastructure":
+            return None
+        base = -config.format_penalty  # the policy wrote no Lean code at all
+    else:
+        base = 1.0 if isinstance(verdict, Accepted) else 0.0
+    return base + overlong_penalty(
+        completion_tokens, max_tokens, config.overlong_buffer_tokens, config.overlong_penalty_factor
+    )
+
+
+def informative_groups(episodes: Sequence[Episode]) -> tuple[list[Episode], int]:
+    """DAPO's dynamic-sampling filter: keep the groups whose rewards are not all equal (an
+    all-equal group has zero advantage everywhere and no gradient). Returns the kept episodes and
+    the number of groups dropped; the rollout side samples more prompts to refill."""
+    kept: list[Episode] = []
+    dropped = 0
+    for members in groups(episodes).values():
+        if len({e.reward for e in members}) > 1:
+            kept.extend(members)
+        else:
+            dropped += 1
+    return kept, dropped
