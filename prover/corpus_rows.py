@@ -35,7 +35,10 @@ keeping one loses nothing the corpus needs).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from lean_env.lexer import Kind, Token, code_tokens, render, tokenize
@@ -137,3 +140,13 @@ def dedupe(codes: Sequence[str]) -> tuple[list[int], dict[int, int]]:
     for i, code in enumerate(codes):
         of[i] = first.setdefault(normalized(code), i)
     return sorted(set(first.values())), of
+
+
+def write_corpus(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write rows as jsonl in one rename (a reader or a crash never sees half a corpus)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

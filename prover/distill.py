@@ -14,13 +14,11 @@ after every run, interrupted or resumed: it always holds exactly the proofs veri
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prover.corpus_rows import dedupe, verdict_provenance
+from prover.corpus_rows import dedupe, verdict_provenance, write_corpus
 
 CORPUS_NAME = "corpus.jsonl"
 
@@ -69,16 +67,6 @@ def corpus_stats(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[st
             "accepted_samples": accepted, "proofs": len(rows), "duplicates_dropped": accepted - len(rows),
             "problems_with_proofs": len({row["name"] for row in rows}),
             "backends": sorted({row["provenance"]["verdict"]["backend"] for row in rows})}
-
-
-def write_corpus(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write rows as jsonl in one rename (a reader or a crash never sees half a corpus)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def write_run_corpus(run_path: Path, records: Sequence[Mapping[str, Any]],
