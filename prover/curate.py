@@ -90,7 +90,8 @@ def quality_records(rows: Sequence[InputRow], verifier: Any | None, *, batch_siz
     """Stage 1's verdict on each row, as a run-folder record keyed by `origin`: with a verifier
     every row is checked again (as check-set does), else the row's recorded verdict is read."""
     if verifier is not None:
-        results = check_proofs([r.entry for r in rows], [r.problem for r in rows], verifier,
+        problems = list({r.problem.id: r.problem for r in rows}.values())
+        results = check_proofs([r.entry for r in rows], problems, verifier,
                                batch_size=batch_size, on_verified=on_verified)
         for result in results:
             verdict = verdict_provenance(result.verdict.to_json()) if result.verdict is not None else None
