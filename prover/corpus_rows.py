@@ -21,7 +21,10 @@ checked again as it is, and it joins a problem set through `prover.checking.matc
         "dataset": {"name": "minif2f-valid", "sha256": ...},
         "verdict": {"outcome": "accepted", "axioms": [...], "layers": ["static", "repl"],
                     "checked_by": "...", "backend": "lean" | "stand-in"}},
-     "curation": {...}}                   # curate adds why the row was chosen (prover.curate)
+     "curation": {"origin": "corpus.jsonl:12", "draw": 4, "domain": "minif2f-valid/mathd",
+                  "pass_rate": 0.25, "proof_tokens": 212, "tactics": ["have", "nlinarith"],
+                  "verdict": {...}}}      # curate adds why it chose the row (prover.curate), and
+                                          # the verdict of its own check with --verify
 
 Rows of other origins (a released prover's proofs) may carry only `name`, `code` and `source`.
 `provenance.verdict.backend` is "stand-in" whenever the stand-in REPL (a test double) judged
@@ -38,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +62,22 @@ _TERM_FOLLOWERS = {"=", "≠", "≤", "<", "≥", ">", "+", "-", "*", "/", "^", 
                    ")", "]", "}", "⟩", "%", "•", "∘", "∈", "∉", "⊆", ":"}
 
 
+@lru_cache(maxsize=4096)
+def _code_tokens(code: str) -> tuple[Token, ...]:
+    """Lean's code tokens of `code`, lexed once: deduplication, length and tactic names of one
+    proof all read them (a long proof takes milliseconds to lex)."""
+    return tuple(code_tokens(tokenize(code)))
+
+
 def normalized(code: str) -> str:
     """`code` as Lean reads it, on one line: comments dropped, whitespace collapsed to one space."""
-    return render(code_tokens(tokenize(code)))
+    return render(list(_code_tokens(code)))
 
 
-def _proof_tokens(code: str) -> list[Token]:
+def _proof_tokens(code: str) -> Sequence[Token]:
     """The code tokens after the file's first `:=` (the first declaration's statement ends
     there): the proof, with any helper lemma after it; header and statement excluded."""
-    tokens = code_tokens(tokenize(code))
+    tokens = _code_tokens(code)
     start = next((i + 1 for i, t in enumerate(tokens) if t.text == ":=" and t.kind == Kind.SYMBOL), len(tokens))
     return tokens[start:]
 
@@ -126,10 +137,14 @@ def verdict_provenance(verdict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def recorded_verdict(row: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The verdict a corpus row carries (`provenance.verdict`), or None when it has none."""
-    provenance = row.get("provenance")
-    verdict = provenance.get("verdict") if isinstance(provenance, Mapping) else None
-    return dict(verdict) if isinstance(verdict, Mapping) else None
+    """The verdict a corpus row carries: `provenance.verdict` (who made it accepted it), else
+    `curation.verdict` (curate checked it again); None when it has neither."""
+    for part in ("provenance", "curation"):
+        section = row.get(part)
+        verdict = section.get("verdict") if isinstance(section, Mapping) else None
+        if isinstance(verdict, Mapping):
+            return dict(verdict)
+    return None
 
 
 def dedupe(codes: Sequence[str]) -> tuple[list[int], dict[int, int]]:

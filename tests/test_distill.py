@@ -135,6 +135,26 @@ def test_distill_writes_only_accepted_distinct_proofs_with_provenance(tiny: Path
     assert [(r["samples"], r["correct"]) for r in results] == [(4, 3)] * 4, results
     assert 'command = "distill"' in (out / "config.resolved.toml").read_text()
 
+    # distill -> curate: the rows' recorded verdicts are trusted, the run's pass rates (3/4) rank
+    curated = runner.invoke(app, ["data", "curate", str(out / "corpus.jsonl"), "--problems", "minif2f-valid",
+                                  "--pass-rates", str(out), "--out", str(tmp_path / "easy"), "--json"])
+    assert curated.exit_code == 0, curated.output
+    counts = json.loads(curated.stdout)["counts"]
+    assert (counts["too_easy"], counts["selected"]) == (8, 0), counts   # 0.75 > the default 0.5
+    curated = runner.invoke(app, ["data", "curate", str(out / "corpus.jsonl"), "--problems", "minif2f-valid",
+                                  "--pass-rates", str(out), "--max-pass-rate", "0.8", "--out", str(tmp_path / "c"),
+                                  "--json"])
+    assert curated.exit_code == 0, curated.output
+    counts = json.loads(curated.stdout)["counts"]
+    assert (counts["selected"], counts["per_problem_cap"], counts["rejected"]) == (4, 4, 0), counts
+    chosen = _rows(tmp_path / "c" / "corpus.jsonl")
+    assert {r["curation"]["pass_rate"] for r in chosen} == {0.75}, [r["curation"] for r in chosen]
+    # tactic variety: the first problem drawn takes the proof with two new names (simp, linarith);
+    # after it, `omega` is the only proof adding a name, so every later problem takes that one
+    assert [r["curation"]["tactics"] for r in chosen] == [["simp", "linarith"]] + [["omega"]] * 3, \
+        [r["curation"]["tactics"] for r in chosen]
+    assert all(r["provenance"]["verdict"]["backend"] == "stand-in" for r in chosen), "provenance was lost"
+
 
 def test_interrupted_distill_keeps_its_corpus_and_resume_completes_it(tiny: Path, tmp_path: Path, shared_data: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
