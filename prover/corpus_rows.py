@@ -11,7 +11,8 @@ checked again as it is, and it joins a problem set through `prover.checking.matc
                                           # the whole Lean file: header, theorem, proof
      "source": "distill: DeepSeek-Prover-V2-7B on minif2f-valid",   # where the proof came from
      "provenance": {                      # what made it and who accepted it (distill writes all)
-        "model": {"path": ..., "weights_sha256": ..., "revision": null},
+        "model": {"name": "owner/name", "path": ..., "weights_sha256": ...,
+                  "revision": ...},         # the hub commit of a cached snapshot, else null
         "template": {"name": "deepseek-prover-v1.5", "sha256": ...},
         "method": "whole",
         "sampling": {...},                # policy.sampling as the run used it

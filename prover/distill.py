@@ -23,16 +23,26 @@ from prover.corpus_rows import dedupe, verdict_provenance, write_corpus
 CORPUS_NAME = "corpus.jsonl"
 
 
+def model_name(path: Path) -> tuple[str, str | None]:
+    """(name, revision) of a checkpoint folder: a Hugging Face cache snapshot
+    (`.../models--owner--name/snapshots/<commit>`) gives the hub id and its commit, any other
+    folder its own name and no revision."""
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/"), path.name
+    return path.name, None
+
+
 def corpus_rows(records: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Corpus rows from a bench/distill run's records (`ProofResult.to_json()` plus bench's
     fields) and its manifest (`prover.bench.runner.build_manifest`), in record order."""
     model, template = manifest["model"], manifest["template"]
     dataset = manifest["dataset"]
     sampling = dict(manifest["sampling"])
-    source = f"distill: {Path(str(model['path'])).name} on {dataset['name']}"
+    name, revision = model_name(Path(str(model["path"])))
+    source = f"distill: {name} on {dataset['name']}"
     provenance_base = {
-        "model": {"path": model["path"], "weights_sha256": model["weights"]["sha256"],
-                  "revision": model.get("revision")},
+        "model": {"name": name, "path": model["path"], "weights_sha256": model["weights"]["sha256"],
+                  "revision": revision},
         "template": {"name": template["name"], "sha256": template["sha256"]},
         "method": manifest["method"],
         "sampling": sampling,

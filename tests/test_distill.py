@@ -16,6 +16,7 @@ from policy.engines import Completion, PromptResult
 from prover.checking import load_proofs, match_problems
 from prover.cli import app
 from prover.corpus_rows import normalized, tactic_names
+from prover.distill import model_name
 from prover.problems import load_problems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,12 @@ def test_normalised_text_ignores_comments_and_spacing_only() -> None:
         "spacing inside a string is part of the proof"
 
 
+def test_model_name_of_a_hub_snapshot_names_the_repository_and_commit(tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--deepseek-ai--DeepSeek-Prover-V2-7B" / "snapshots" / "abc123"
+    assert model_name(snapshot) == ("deepseek-ai/DeepSeek-Prover-V2-7B", "abc123"), model_name(snapshot)
+    assert model_name(tmp_path / "tiny") == ("tiny", None), model_name(tmp_path / "tiny")
+
+
 def test_tactic_names_at_tactic_positions_not_terms() -> None:
     code = ("theorem t (a b : ℝ) (h : a = b) : a ≤ b + 1 := by\n"
             "  have h2 : a - b = 0 := by linarith\n"
@@ -134,6 +141,11 @@ def test_distill_writes_only_accepted_distinct_proofs_with_provenance(tiny: Path
     results = _rows(out / "results.jsonl")
     assert [(r["samples"], r["correct"]) for r in results] == [(4, 3)] * 4, results
     assert 'command = "distill"' in (out / "config.resolved.toml").read_text()
+    again = runner.invoke(app, ["--config", str(out / "config.resolved.toml"), "distill", "--out", str(tmp_path / "again"),
+                                "--standin", str(ACCEPT)])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / "corpus.jsonl").read_text() == (out / "corpus.jsonl").read_text(), \
+        "the resolved config did not re-run the same job"
 
     # distill -> curate: the rows' recorded verdicts are trusted, the run's pass rates (3/4) rank
     curated = runner.invoke(app, ["data", "curate", str(out / "corpus.jsonl"), "--problems", "minif2f-valid",
