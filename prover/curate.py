@@ -229,7 +229,10 @@ def _draw(candidates: dict[str, list[Candidate]], result: Curation, *, size: int
             result.selected.append((best, draws))
             result.put(best.input, "selected", "drawn", f"draw {draws}, domain {domain}")
         for left in pool:
-            result.put(left.input, "per_problem_cap", f"{per_problem} proof(s) of its problem already chosen")
+            if room < per_problem:   # the selection filled up inside this problem
+                result.put(left.input, "not_drawn", f"selection full at {size} rows")
+            else:
+                result.put(left.input, "per_problem_cap", f"{per_problem} proof(s) of its problem already chosen")
         draws += 1
     for group in candidates.values():
         for left in group:
