@@ -108,6 +108,8 @@ def test_distill_writes_only_accepted_distinct_proofs_with_provenance(tiny: Path
     assert (corpus["problems"], corpus["samples"], corpus["accepted_samples"], corpus["proofs"],
             corpus["duplicates_dropped"], corpus["problems_with_proofs"]) == (4, 16, 12, 8, 4, 4), corpus
     assert corpus["backends"] == ["stand-in"], corpus
+    stored = json.loads((out / "summary.json").read_text())["corpus"]
+    assert stored == {k: v for k, v in corpus.items() if k != "corpus"}, (stored, corpus)
     rows = _rows(out / "corpus.jsonl")
     assert len(rows) == 8, [r["name"] for r in rows]
     assert not any("sorry" in r["code"] for r in rows), "a rejected proof was written"

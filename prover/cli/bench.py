@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -168,10 +169,13 @@ def bench(
     raise typer.Exit(EXIT_OK)
 
 
-def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str) -> BenchOutcome:
+def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
+                  summary_extra: Callable[[Sequence[dict[str, Any]], dict[str, Any]], dict[str, Any]] | None = None,
+                  ) -> BenchOutcome:
     """One bench-style run into its folder (`command` names it in the resolved config: "bench",
     "distill"): resolve the config, refuse a bad folder or input before any work, sample and
-    verify with `run_bench`, append each problem's record, write summary and report."""
+    verify with `run_bench`, append each problem's record, write summary and report.
+    `summary_extra(records, manifest)` adds the caller's own counts to summary.json."""
     from policy.engines import make_engine
     from policy.tokenizer import load_tokenizer
     from prover.bench.report import write_report
@@ -226,7 +230,11 @@ def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str) -> BenchOu
                               final_judge_active=getattr(verifier, "final_judge", None) is not None)
     _refuse_other_weights(run, manifest)
     ks, samples = config.benchmark.k, config.policy.sampling.n
-    run.begin(config, total=len(selection.problems), summarize=lambda rs: summarize_bench(rs, ks=ks, n=samples),
+    def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        counts = summarize_bench(records, ks=ks, n=samples)
+        return counts | (summary_extra(records, manifest) if summary_extra is not None else {})
+
+    run.begin(config, total=len(selection.problems), summarize=summarize,
               succeeded=lambda r: bool(r["proved"]), unit="problems",
               extra={"method": method, "n": samples, "k": ks, "checked_by": verifier.checked_by}
               | ({"backend": label} if label else {}) | {"manifest": manifest})
