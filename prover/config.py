@@ -6,7 +6,7 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 `--config` reproduces the run.
 
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
-[rollout], [training], [grpo] (the RL objective), [benchmark]. Defaults name their source: GRPO values follow
+[rollout], [training], [grpo] (the RL objective), [benchmark], [curate]. Defaults name their source: GRPO values follow
 DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
@@ -252,6 +252,32 @@ class BenchmarkConfig(BaseModel):
     )
 
 
+class CurateConfig(BaseModel):
+    """`prover data curate`: choose a small SFT set from larger corpora, s1 style (Muennighoff et
+    al. 2025, s1K: quality, then difficulty, then diversity by a domain drawn uniformly and a
+    problem drawn within it with weight 2^-rank, hardest first). See prover/curate.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpora: list[str] = Field(
+        default_factory=list, description="Corpus jsonl files (rows as prover/corpus_rows.py describes: name, "
+        "code, and where known provenance), read in this order; an earlier row wins a near-duplicate.")
+    pass_rates: str | None = Field(
+        None, description="A `prover bench` or `prover distill` run folder: its results.jsonl gives each "
+        "problem's base pass rate (accepted / samples), the difficulty signal; None: proof length alone.")
+    size: int | None = Field(None, ge=1, description="Rows to select; None: every row that passes the filters.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the diversity draw: the same inputs and seed "
+                      "give the same selection.")
+    max_pass_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="Drop problems whose base pass rate is above this (too easy to teach "
+        "the model anything). Ours: s1 keeps only questions neither base model solves, i.e. 0.")
+    per_problem: int = Field(1, ge=1, description="Proofs kept per problem (s1: one trace per question); "
+                             "the ones adding the most tactic names not yet chosen go first.")
+    verify: bool = Field(
+        False, description="Check every row again through the verifier (the pipeline of `prover lean "
+        "check-set`) instead of trusting the verdict the row records; rows without one need it.")
+
+
 class ProverConfig(BaseModel):
     """Everything a run needs; written next to its outputs as config.resolved.toml."""
 
@@ -264,6 +290,7 @@ class ProverConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")

@@ -80,6 +80,10 @@ JSON_CALLS = {
     "bench": ["bench", "--problems", "{problems}", "--model", "{tiny}", "--engine", "transformers", "--n", "1",
               "--max-tokens", "4", "--out", "{tmp}/bench", "--standin", str(RULES)],
     "bench compare": ["bench", "compare", "{tmp}/bench", "{tmp}/bench"],
+    "distill": ["distill", "--problems", "{problems}", "--model", "{tiny}", "--engine", "transformers", "--n", "1",
+                "--max-tokens", "4", "--out", "{tmp}/distill", "--standin", str(RULES)],
+    "data curate": ["data", "curate", "{proofs}", "--problems", "{problems}", "--verify", "--out", "{tmp}/curate",
+                    "--standin", str(RULES)],
 }
 
 

@@ -34,6 +34,7 @@ from prover.problems import (
     resolve_source,
     sha256_of,
 )
+from prover.prompts import ChatTokenizer
 from prover.runs import package_version
 from prover.search.attempts import summarize_records
 
@@ -110,17 +111,20 @@ def summarize_bench(records: Sequence[dict[str, Any]], *, ks: Sequence[int], n: 
 
 def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: ProverConfig, *,
               method: str, label: str | None, on_verified: Callable[[int], None] | None = None,
-              prompt_check: Callable[[str], str | None] | None = None) -> Iterator[dict[str, Any]]:
+              prompt_check: Callable[[str], str | None] | None = None,
+              tokenizer: ChatTokenizer | None = None) -> Iterator[dict[str, Any]]:
     """Run `method` over `problems`, yielding each problem's results.jsonl record as it finishes:
     every attempt (candidate, verdict with Lean's messages and check time, tokens), the problem's
-    samples and correct count, and when it finished (seconds since this call began)."""
+    samples and correct count, and when it finished (seconds since this call began). `tokenizer`
+    renders chat templates through the model's own chat template, as `prover prove` does."""
     from prover.search.methods import MethodOptions, prove_problems
 
     started = time.perf_counter()
     options = MethodOptions(problems_per_batch=config.run.problems_per_batch)
     for result in prove_problems(load_method(method), problems, engine, verifier,  # type: ignore[arg-type]
                                  config.policy.sampling, template=config.rollout.prompt_template,
-                                 options=options, prompt_check=prompt_check, on_verified=on_verified):
+                                 options=options, tokenizer=tokenizer, prompt_check=prompt_check,
+                                 on_verified=on_verified):
         record = result.to_json()
         n, c = counts(record, config.policy.sampling.n)
         yield record | {"method": method, "samples": n, "correct": c,

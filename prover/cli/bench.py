@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +20,7 @@ from prover.cli.common import (
     JsonFlag,
     ResumeOption,
     StandinOption,
+    TemplateOption,
     TimeoutOption,
     UserError,
     WorkersOption,
@@ -49,34 +52,90 @@ def _parse_ks(text: str) -> list[int]:
     return sorted(set(ks))
 
 
+# The options of a bench-style run, spelled once: `prover bench` and `prover distill` share them.
+SuiteOption = Annotated[str | None, typer.Option(
+    "--suite", help="A named suite (data/suites.toml, e.g. minif2f-valid). With --problems, that file must be "
+    "the copy the suite pins (same sha256) and the suite's split is used.")]
+ProblemsOption = Annotated[str | None, typer.Option(
+    "--problems", help="Problem file (.jsonl/.lean) or hf:owner/name, alone or as the suite's file.")]
+SplitOption = Annotated[str | None, typer.Option("--split", help="Keep only this split of the set.")]
+LimitOption = Annotated[int | None, typer.Option(
+    "--limit", min=1, help="Only the first N problems (a smoke run; the report says so).")]
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", help="The policy: a Hugging Face checkpoint folder or hub id (default policy.checkpoint).")]
+MethodOption = Annotated[str, typer.Option(
+    "--method", help="whole (whole-proof sampling), repair (Lean-feedback repair) or search (best-first "
+    "tactic search).")]
+EngineOption = Annotated[str | None, typer.Option("--engine", help="vllm (default) or transformers.")]
+SamplesOption = Annotated[int | None, typer.Option(
+    "--n", "-n", min=1, help="Samples per problem (default policy.sampling.n); every k must be at most n.")]
+MaxTokensOption = Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per sample.")]
+TemperatureOption = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")]
+SeedOption = Annotated[int | None, typer.Option(
+    "--seed", min=0, max=SEED_MAX, help="Sampling seed (default: drawn and recorded).")]
+ProblemsPerBatchOption = Annotated[int | None, typer.Option(
+    "--problems-per-batch", min=1, help="Problems sampled in one engine call; each is written when its batch "
+    "is verified, so an interruption loses at most one batch (default run.problems_per_batch, 8).")]
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """What a bench-style command was asked for (its flags; None = not given)."""
+
+    suite: str | None
+    problems: str | None
+    split: str | None
+    limit: int | None
+    model: str | None
+    method: str
+    engine: str | None
+    n: int | None
+    k: str | None
+    max_tokens: int | None
+    temperature: float | None
+    seed: int | None
+    template: str | None
+    timeout: float | None
+    workers: int | None
+    problems_per_batch: int | None
+    out: Path | None
+    force: bool
+    resume: bool
+    standin: Path | None
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class BenchOutcome:
+    """A finished (or interrupted) bench-style run: its folder, summary, records and manifest."""
+
+    path: Path
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    manifest: dict[str, Any]
+    prefix: str                 # "[stand-in (not Lean)] " when the stand-in judged, else ""
+    interrupted: str | None     # the line to print when Ctrl-C / SIGTERM stopped the run
+
+
 @app.callback()
 def bench(
     ctx: typer.Context,
-    suite: Annotated[str | None, typer.Option(
-        "--suite", help="A named suite (data/suites.toml, e.g. minif2f-valid). With --problems, that file must be "
-        "the copy the suite pins (same sha256) and the suite's split is scored.")] = None,
-    problems: Annotated[str | None, typer.Option(
-        "--problems", help="Problem file (.jsonl/.lean) or hf:owner/name, alone or as the suite's file.")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="Keep only this split of the set.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N problems (a smoke run; "
-                                              "the report says so).")] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", help="The policy: a Hugging Face checkpoint folder or hub id (default policy.checkpoint).")] = None,
-    method: Annotated[str, typer.Option("--method", help="whole (whole-proof sampling), repair (Lean-feedback "
-                                        "repair) or search (best-first tactic search).")] = "whole",
-    engine: Annotated[str | None, typer.Option("--engine", help="vllm (default) or transformers.")] = None,
-    n: Annotated[int | None, typer.Option("--n", min=1, help="Samples per problem (default policy.sampling.n); "
-                                          "every k must be at most n.")] = None,
+    suite: SuiteOption = None,
+    problems: ProblemsOption = None,
+    split: SplitOption = None,
+    limit: LimitOption = None,
+    model: ModelOption = None,
+    method: MethodOption = "whole",
+    engine: EngineOption = None,
+    n: SamplesOption = None,
     k: Annotated[str | None, typer.Option("--k", help="Values of k to report, e.g. 1,8,32 (default benchmark.k).")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per sample.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")] = None,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", min=0, max=SEED_MAX, help="Sampling seed (default: drawn and recorded).")] = None,
+    max_tokens: MaxTokensOption = None,
+    temperature: TemperatureOption = None,
+    seed: SeedOption = None,
+    template: TemplateOption = None,
     timeout: TimeoutOption = None,
     workers: WorkersOption = None,
-    problems_per_batch: Annotated[int | None, typer.Option(
-        "--problems-per-batch", min=1, help="Problems sampled in one engine call; each is written when its batch "
-        "is verified, so an interruption loses at most one batch (default run.problems_per_batch, 8).")] = None,
+    problems_per_batch: ProblemsPerBatchOption = None,
     out: Annotated[Path | None, typer.Option(
         "--out", file_okay=False, help="Run folder: results.jsonl, summary.json, report.md, passk.png, "
         "config.resolved.toml (default: output_dir of the config).")] = None,
@@ -93,6 +152,30 @@ def bench(
     """
     if ctx.invoked_subcommand is not None:
         return
+    done = run_bench_job(ctx, BenchJob(
+        suite=suite, problems=problems, split=split, limit=limit, model=model, method=method, engine=engine,
+        n=n, k=k, max_tokens=max_tokens, temperature=temperature, seed=seed, template=template, timeout=timeout,
+        workers=workers, problems_per_batch=problems_per_batch, out=out, force=force, resume=resume,
+        standin=standin, as_json=as_json), command="bench")
+    if done.interrupted is not None:
+        _say(done.interrupted)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if as_json:
+        print_json(done.summary)
+    else:
+        _print_table(done.summary, done.prefix)
+        console.print(f"{done.prefix}wrote {done.path}/results.jsonl, summary.json, report.md, passk.png, "
+                      "config.resolved.toml", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_OK)
+
+
+def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
+                  summary_extra: Callable[[Sequence[dict[str, Any]], dict[str, Any]], dict[str, Any]] | None = None,
+                  ) -> BenchOutcome:
+    """One bench-style run into its folder (`command` names it in the resolved config: "bench",
+    "distill"): resolve the config, refuse a bad folder or input before any work, sample and
+    verify with `run_bench`, append each problem's record, write summary and report.
+    `summary_extra(records, manifest)` adds the caller's own counts to summary.json."""
     from policy.engines import make_engine
     from policy.tokenizer import load_tokenizer
     from prover.bench.report import write_report
@@ -108,43 +191,50 @@ def bench(
     from prover.runs import RunDir, RunInterrupted, draw_seed
     from prover.search.attempts import context_length, prompt_fit
 
+    method, suite, problems = job.method, job.suite, job.problems
     load_method(method)   # a method not in this checkout: one line, before any work
     config = config_from_context(ctx, {
-        "output_dir": out, "policy.checkpoint": model, "policy.engine": engine,
-        "policy.sampling.n": n, "policy.sampling.max_tokens": max_tokens,
-        "policy.sampling.temperature": temperature, "policy.sampling.seed": seed,
-        "verifier.timeout_s": timeout, "verifier.workers": workers, "run.problems_per_batch": problems_per_batch,
-        "benchmark.k": _parse_ks(k) if k is not None else None, "benchmark.suite": suite or problems,
-        "benchmark.split": split, "benchmark.limit": limit,
+        "output_dir": job.out, "policy.checkpoint": job.model, "policy.engine": job.engine,
+        "policy.sampling.n": job.n, "policy.sampling.max_tokens": job.max_tokens,
+        "policy.sampling.temperature": job.temperature, "policy.sampling.seed": job.seed,
+        "verifier.timeout_s": job.timeout, "verifier.workers": job.workers,
+        "run.problems_per_batch": job.problems_per_batch, "rollout.prompt_template": job.template,
+        "benchmark.k": _parse_ks(job.k) if job.k is not None else None, "benchmark.suite": suite or problems,
+        "benchmark.split": job.split, "benchmark.limit": job.limit,
     })
-    job = config.run
+    recorded = config.run
     if suite is None and problems is None:   # a resolved config re-runs its own job
-        if job.command != "bench":
+        if recorded.command != command:
             raise UserError("name the problems: --suite NAME (see `prover data suites`) or --problems PATH")
-        suite, problems = config.benchmark.suite, job.problems
+        suite, problems = config.benchmark.suite, recorded.problems
         problems = None if problems == suite else problems
     if config.policy.checkpoint is None:
         raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
-    run = RunDir.prepare(config.output_dir, key="id", force=force, resume=resume)   # before any work
+    run = RunDir.prepare(config.output_dir, key="id", force=job.force, resume=job.resume)   # before any work
     checkpoint = resolve_model(config.policy.checkpoint)
     config = config.model_copy(update={"policy": config.policy.model_copy(update={"checkpoint": str(checkpoint)})})
-    selection = select_problems(suite=suite, problems=problems, split=split if split is not None else job.split,
-                                limit=limit if limit is not None else job.limit)
-    verifier = open_verifier(config.verifier, standin)   # no Lean: exit here, before loading a model
+    limit = job.limit if job.limit is not None else recorded.limit
+    selection = select_problems(suite=suite, problems=problems,
+                                split=job.split if job.split is not None else recorded.split, limit=limit)
+    verifier = open_verifier(config.verifier, job.standin)   # no Lean: exit here, before loading a model
     label = STANDIN_LABEL if verifier.config.backend == "standin" else None
     if config.policy.sampling.seed is None:   # drawn once, recorded, and kept on --resume
         drawn = run.previous("policy.sampling.seed")
         config.policy.sampling.seed = drawn if isinstance(drawn, int) else draw_seed()
-    config = config.model_copy(update={"verifier": verifier.config, "run": job.model_copy(update={
-        "command": "bench", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    config = config.model_copy(update={"verifier": verifier.config, "run": recorded.model_copy(update={
+        "command": command, "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "problems": problems or suite, "problems_file": selection.file, "problems_sha256": selection.sha256,
-        "split": selection.split, "limit": limit if limit is not None else job.limit})})
+        "split": selection.split, "limit": limit})})
     manifest = build_manifest(config, checkpoint=checkpoint, selection=selection, method=method,
                               checked_by=verifier.checked_by, standin=label is not None,
                               final_judge_active=getattr(verifier, "final_judge", None) is not None)
     _refuse_other_weights(run, manifest)
     ks, samples = config.benchmark.k, config.policy.sampling.n
-    run.begin(config, total=len(selection.problems), summarize=lambda rs: summarize_bench(rs, ks=ks, n=samples),
+    def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        counts = summarize_bench(records, ks=ks, n=samples)
+        return counts | (summary_extra(records, manifest) if summary_extra is not None else {})
+
+    run.begin(config, total=len(selection.problems), summarize=summarize,
               succeeded=lambda r: bool(r["proved"]), unit="problems",
               extra={"method": method, "n": samples, "k": ks, "checked_by": verifier.checked_by}
               | ({"backend": label} if label else {}) | {"manifest": manifest})
@@ -152,7 +242,7 @@ def bench(
     prefix = f"[{label}] " if label else ""
     if label:
         _say(f"{prefix}verdicts come from the stand-in REPL, a test double: these numbers are not Lean's")
-    interrupted: RunInterrupted | None = None
+    interrupted: str | None = None
     try:
         with run:
             if run.done_keys:
@@ -165,26 +255,17 @@ def bench(
                                   context_length(checkpoint, config.policy.max_model_len))
                 with make_engine(config.policy) as policy_engine, verifier:
                     for record in run_bench(todo, policy_engine, verifier, config, method=method, label=label,
-                                            on_verified=run.verified, prompt_check=fits):
+                                            on_verified=run.verified, prompt_check=fits, tokenizer=tokenizer):
                         run.append(record)
-                        if not as_json:
+                        if not job.as_json:
                             console.print(f"{prefix}{record['id']}: {record['correct']}/{record['samples']} "
                                           f"accepted ({record['outcome']})", markup=False, highlight=False)
     except RunInterrupted as stop:
-        interrupted = stop
+        interrupted = str(stop)
     summary = run.summary
     assert summary is not None and run.path is not None
     write_report(run.path, summary, run.records)
-    if interrupted is not None:
-        _say(str(interrupted))
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if as_json:
-        print_json(summary)
-    else:
-        _print_table(summary, prefix)
-        console.print(f"{prefix}wrote {run.path}/results.jsonl, summary.json, report.md, passk.png, "
-                      "config.resolved.toml", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_OK)
+    return BenchOutcome(run.path, summary, run.records, manifest, prefix, interrupted)
 
 
 def _refuse_other_weights(run: Any, manifest: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from prover.errors import CannotCheck, UserError
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED",
            "EXIT_USAGE", "SEED_MAX", "CannotCheck", "ForceOption", "JsonFlag", "ResumeOption",
-           "StandinOption", "TimeoutOption", "WorkersOption", "UserError", "config_from_context",
+           "StandinOption", "TemplateOption", "TimeoutOption", "WorkersOption", "UserError", "config_from_context",
            "console", "err_console", "exit_code_for", "not_yet_available", "print_json"]
 
 # Exit codes: each means one thing, for every command.
@@ -42,6 +42,9 @@ ForceOption = Annotated[bool, typer.Option(
     "--force", help="Start over in a non-empty run folder (its run files are removed).")]
 ResumeOption = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out: what results.jsonl holds is skipped (the config must match).")]
+TemplateOption = Annotated[str | None, typer.Option(
+    "--template", help="Prompt of a released prover (prover/prompts.py): deepseek-prover-v1.5 (default), "
+    "deepseek-prover-v2, goedel-prover-v2, kimina-prover, plain (default: rollout.prompt_template).")]
 StandinOption = Annotated[Path | None, typer.Option(
     "--standin", hidden=True, help="TEST DOUBLE: check with the stand-in REPL and this rule table instead "
     "of Lean. Its verdicts are not Lean's.")]

@@ -30,6 +30,7 @@ from prover.cli.common import (
     JsonFlag,
     ResumeOption,
     StandinOption,
+    TemplateOption,
     TimeoutOption,
     UserError,
     WorkersOption,
@@ -85,9 +86,7 @@ def prove(
     method: Annotated[str | None, typer.Option(
         "--method", help="whole (sample whole proofs), repair (whole, then up to --rounds corrections fed "
         "with Lean's errors) or search (best-first tactic search); default whole.")] = None,
-    template: Annotated[str | None, typer.Option(
-        "--template", help="Prompt of a released prover: deepseek-prover-v1.5 (default), deepseek-prover-v2, "
-        "goedel-prover-v2, kimina-prover, plain; its published sampling values apply where you set none.")] = None,
+    template: TemplateOption = None,   # prove applies the template's published sampling where none is set
     samples: Annotated[int | None, typer.Option(
         "--samples", min=1, help="Proofs sampled per problem in the first round (default policy.sampling.n).")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per proof.")] = None,
