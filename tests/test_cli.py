@@ -70,4 +70,4 @@ def test_data_suites_json() -> None:
     result = runner.invoke(app, ["data", "suites", "--json"])
     assert result.exit_code == 0, result.output
     names = [s["name"] for s in json.loads(result.stdout)["suites"]]
-    assert names == ["minif2f-valid", "minif2f-test", "proofnet-valid", "proofnet-test"], names
+    assert names == ["minif2f-valid", "minif2f-test", "proofnet-valid", "proofnet-test", "synthetic-tactics"], names
