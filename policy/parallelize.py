@@ -1,6 +1,20 @@
-"""Training-speed wrappers applied to a policy `Transformer` from outside (torchtitan style):
-the attention kernel, activation checkpointing, and torch.compile per transformer block and
-of the head's loss. The model code stays plain.
+"""Training wrappers applied to a policy `Transformer` from outside (torchtitan style): the
+attention kernel, activation checkpointing, torch.compile per transformer block and of the
+head's loss, and, across ranks, expert parallelism (`policy.expert_parallel`) and FSDP2
+(`torch.distributed.fsdp.fully_shard`) with mixed precision. The model code stays plain and
+single-device; one device without a process group is the default and applies no sharding.
+
+The device mesh (torchtitan's layout, without tensor or pipeline parallelism):
+- dense parameters (attention, norms, dense MLPs, shared experts, router, embedding, head) are
+  sharded over a 2-D mesh ("dp_replicate", "dp_shard") of world/dp_shard x dp_shard ranks:
+  FSDP when dp_shard = world, HSDP when 1 < dp_shard < world, plain replication (gradients
+  all-reduced) when dp_shard = 1;
+- routed experts are split over ("edp", "ep") of world/ep x ep ranks: consecutive groups of ep
+  ranks each hold all experts, E/ep per rank (`Shard(0)` on "ep"), and the world/ep ranks that
+  hold the same experts shard them once more with FSDP (`Shard(1)` on "edp").
+Gradients are means over every rank's tokens: FSDP divides the dense ones by the world size,
+and the experts' reduce-scatter over "edp" is told to divide by the world size too, since each
+rank's expert gradients already sum the ep ranks' tokens that the all-to-all brought to it.
 
 Each block (main layers and the MTP modules' blocks) is wrapped in place, so parameter names and
 state-dict keys are unchanged (checkpoint_wrapper strips its prefix from state dicts, and
@@ -9,15 +23,30 @@ state-dict keys are unchanged (checkpoint_wrapper strips its prefix from state d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
+from torch.distributed.tensor import Shard
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from policy.model import MLA, AttentionKernel, Transformer
+from policy.expert_parallel import ExpertParallelExperts
+from policy.model import MLA, AttentionKernel, ModelArgs, MoE, RoutedExperts, Transformer
+
+Precision = Literal["float32", "bfloat16"]
 
 
 class SpeedConfig(BaseModel):
@@ -67,12 +96,203 @@ def _selective_context():
     return create_selective_checkpoint_contexts(_selective_policy)
 
 
-def parallelize(model: Transformer, config: SpeedConfig) -> Transformer:
-    """Set the attention kernel, apply activation checkpointing, then compilation, to every
-    block of `model` in place; with compile, also compile the output head's loss."""
+class ShardingConfig(BaseModel):
+    """How the learner's weights and experts are laid out over ranks (ignored on one device)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dp_shard: int = Field(
+        -1,
+        description="Ranks each dense parameter is sharded over with FSDP2 (ZeRO-3); the world "
+        "size must be a multiple (world/dp_shard replicas, HSDP). -1 = all ranks; 1 = no "
+        "sharding, every rank holds the whole dense model (DDP-like).",
+    )
+    ep: int = Field(
+        1,
+        ge=1,
+        description="Expert-parallel degree: each rank holds n_routed_experts/ep routed experts "
+        "and tokens reach them by all-to-all (DeepSeek-V3 trains with 64). Must divide the world "
+        "size and the number of routed experts; 1 = every rank holds every expert.",
+    )
+    param_dtype: Precision = Field(
+        "bfloat16",
+        description="Dtype FSDP all-gathers parameters in for forward/backward (mixed "
+        "precision); the sharded master weights and the optimizer stay float32.",
+    )
+    reduce_dtype: Precision = Field(
+        "float32", description="Dtype of the gradient reduce-scatter / all-reduce (fp32 keeps the "
+        "sum of many ranks' small gradients exact enough; torchtitan's default)."
+    )
+    cpu_offload: bool = Field(
+        False,
+        description="Keep sharded parameters, gradients and the optimizer step on the CPU "
+        "(FSDP2 CPUOffloadPolicy): less GPU memory, slower steps. CUDA only.",
+    )
+    reshard_after_forward: bool = Field(
+        True,
+        description="Free each block's gathered parameters after its forward and gather again "
+        "for backward (ZeRO-3); False keeps them (ZeRO-2-like: more memory, one all-gather less).",
+    )
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this layout shards anything (otherwise one device is enough)."""
+        return self.dp_shard not in (-1, 1) or self.ep > 1
+
+
+def check_mesh(config: ShardingConfig, world_size: int, args: ModelArgs) -> tuple[int, int]:
+    """(dp_shard, ep) resolved for `world_size` ranks, or ValueError quoting every number that
+    does not fit (the mesh, the world size, the model)."""
+    dp_shard = world_size if config.dp_shard == -1 else config.dp_shard
+    problems = []
+    if dp_shard < 1:
+        problems.append(f"learner.dp_shard = {config.dp_shard} must be -1 (all ranks) or >= 1")
+    elif world_size % dp_shard:
+        problems.append(
+            f"learner.dp_shard = {dp_shard} does not divide the world size {world_size} "
+            f"(world = replicas x dp_shard)"
+        )
+    if world_size % config.ep:
+        problems.append(f"learner.ep = {config.ep} does not divide the world size {world_size}")
+    moe = args.n_layers > args.n_dense_layers or args.n_mtp_layers > 0
+    if config.ep > 1 and not moe:
+        problems.append(f"learner.ep = {config.ep} but the model has no MoE layer")
+    elif args.n_routed_experts % config.ep:
+        problems.append(
+            f"n_routed_experts = {args.n_routed_experts} is not divisible by learner.ep = "
+            f"{config.ep} (every rank holds the same number of experts)"
+        )
+    if world_size > 1 and config.ep > 1 and world_size // config.ep > 1:
+        edp = world_size // config.ep
+        if (2 * args.moe_inter_dim) % edp or args.dim % edp:
+            problems.append(
+                f"expert weights (2*moe_inter_dim = {2 * args.moe_inter_dim}, dim = {args.dim}) "
+                f"cannot be split evenly over world/ep = {edp} ranks"
+            )
+    if problems:
+        raise ValueError("device mesh does not fit: " + "; ".join(problems))
+    return dp_shard, config.ep
+
+
+@dataclass(frozen=True)
+class ParallelMesh:
+    """The device meshes of one learner: `dense` ("dp_replicate", "dp_shard") for the dense
+    parameters, `experts` ("edp", "ep") for the routed experts."""
+
+    dense: DeviceMesh
+    experts: DeviceMesh
+
+    @property
+    def world_size(self) -> int:
+        return self.dense.size()
+
+    @property
+    def ep(self) -> int:
+        return self.experts["ep"].size()
+
+
+def build_mesh(config: ShardingConfig, args: ModelArgs, device_type: str | None = None) -> ParallelMesh:
+    """The meshes for the running process group (`init_process_group` first), checked against
+    the world size and the model; ValueError quoting the numbers otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("build_mesh needs an initialised process group (policy.launch)")
+    world = dist.get_world_size()
+    dp_shard, ep = check_mesh(config, world, args)
+    if device_type is None:
+        device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    dense = init_device_mesh(
+        device_type, (world // dp_shard, dp_shard), mesh_dim_names=("dp_replicate", "dp_shard")
+    )
+    experts = init_device_mesh(device_type, (world // ep, ep), mesh_dim_names=("edp", "ep"))
+    return ParallelMesh(dense=dense, experts=experts)
+
+
+def _dtype(name: Precision) -> torch.dtype:
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
+def _moe_modules(model: Transformer) -> list[MoE]:
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+def apply_expert_parallel(model: Transformer, mesh: ParallelMesh) -> None:
+    """Replace every MoE's `RoutedExperts` with `ExpertParallelExperts` over the "ep" mesh
+    dimension (same parameter names, full shapes as DTensors, E/ep experts per rank)."""
+    for moe in _moe_modules(model):
+        assert isinstance(moe.experts, RoutedExperts)
+        moe.experts = ExpertParallelExperts(moe.experts, mesh.experts["ep"])  # type: ignore[assignment]
+
+
+def _blocks(model: Transformer) -> list[nn.Module]:
+    """The transformer blocks (main layers, then each MTP module's block), wrapped or not."""
+    return list(model.layers) + [mtp.get_submodule("block") for mtp in model.mtp]
+
+
+def apply_fsdp(model: Transformer, mesh: ParallelMesh, config: ShardingConfig) -> None:
+    """FSDP2 units: each routed-experts module (over "edp"), each block and each MTP module
+    (over the dense mesh), and the root (embedding, final norm, head: used by the main model
+    and every MTP depth, so they stay gathered from the root's forward to its backward)."""
+    mp = MixedPrecisionPolicy(
+        param_dtype=_dtype(config.param_dtype), reduce_dtype=_dtype(config.reduce_dtype)
+    )
+    offload: OffloadPolicy = OffloadPolicy()
+    if config.cpu_offload:
+        if mesh.dense.device_type != "cuda":
+            raise ValueError("learner.cpu_offload needs CUDA devices (the weights already live on the CPU)")
+        offload = CPUOffloadPolicy()
+    common = {"mp_policy": mp, "offload_policy": offload}
+    world = mesh.world_size
+    for block in _blocks(model):
+        moe = next((m for m in block.modules() if isinstance(m, MoE)), None)
+        if moe is not None and isinstance(moe.experts, ExpertParallelExperts):
+            fully_shard(
+                moe.experts,
+                mesh=mesh.experts["edp"],
+                # dim 0 (experts) is already split over "ep": shard the rows of each expert
+                shard_placement_fn=lambda param: Shard(1),
+                reshard_after_forward=config.reshard_after_forward,
+                **common,
+            )
+            # each rank's expert gradients already sum the ep ranks' tokens: the mean over
+            # all ranks divides the sum over "edp" by the world size, not by |edp|
+            moe.experts.set_gradient_divide_factor(float(world))  # type: ignore[operator]
+        fully_shard(
+            block, mesh=mesh.dense, reshard_after_forward=config.reshard_after_forward, **common
+        )
+    for mtp in model.mtp:
+        fully_shard(mtp, mesh=mesh.dense, reshard_after_forward=config.reshard_after_forward, **common)
+    fully_shard(model, mesh=mesh.dense, reshard_after_forward=False, **common)
+    # training calls `model.loss`, not forward: the root gathers its parameters for it too
+    register_fsdp_forward_method(model, "loss")
+
+
+def parallelize(
+    model: Transformer,
+    config: SpeedConfig,
+    mesh: ParallelMesh | None = None,
+    sharding: ShardingConfig | None = None,
+) -> Transformer:
+    """Prepare `model` in place for training: the attention kernel, expert parallelism (with a
+    mesh whose ep > 1), activation checkpointing and compilation of every block (and of the
+    head's loss), then FSDP2 (with a mesh). Without a mesh, the single-device path: no
+    process group, no sharding."""
+    if mesh is not None:
+        sharding = sharding or ShardingConfig()
+        check_mesh(
+            sharding.model_copy(update={"dp_shard": mesh.dense["dp_shard"].size(), "ep": mesh.ep}),
+            mesh.world_size,
+            model.args,
+        )
+        if config.compile and config.compile_fullgraph and mesh.ep > 1:
+            raise ValueError(
+                f"compile_fullgraph with learner.ep = {mesh.ep}: the all-to-all splits are read "
+                "on the host (one graph break per MoE layer); turn compile_fullgraph off"
+            )
     for module in model.modules():
         if isinstance(module, MLA):
             module.attention_kernel = config.attention_kernel
+    if mesh is not None and mesh.ep > 1:
+        apply_expert_parallel(model, mesh)
     if config.compile:
         # An instance attribute shadowing the method: the head weight stays `lm_head.weight`.
         model.head_loss = torch.compile(model.head_loss, fullgraph=config.compile_fullgraph)  # type: ignore[method-assign]
@@ -92,4 +312,11 @@ def parallelize(model: Transformer, config: SpeedConfig) -> Transformer:
         model.layers[i] = wrap(layer)
     for mtp in model.mtp:
         mtp.register_module("block", wrap(mtp.get_submodule("block")))
+    if mesh is not None:
+        apply_fsdp(model, mesh, sharding or ShardingConfig())
     return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether `parallelize` applied FSDP2 to this model."""
+    return isinstance(model, FSDPModule)
