@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +48,25 @@ _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if _distributed() else 0
+
+
+@contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns on every save/load without a process group, even when asked for that
+    (no_dist=True); one process reading or writing a whole checkpoint is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.barrier()
 
 
@@ -101,9 +117,10 @@ def save_sharded(
         config = hf_config(args, **extra)
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _barrier()
-    dcp.save(state, checkpoint_id=out / DCP_DIR)
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=out / DCP_DIR, no_dist=not _distributed())
     if _rank() == 0:
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world = dist.get_world_size() if _distributed() else 1
         trainer = {"step": step, "world_size": world, **(mesh_info or {})}
         # written last: a folder with trainer_state.json is complete
         (out / TRAINER_STATE).write_text(json.dumps(trainer, indent=2) + "\n")
@@ -150,7 +167,8 @@ def load_sharded(
     if with_optim:
         assert optimizer is not None
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(state, checkpoint_id=path / DCP_DIR)
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=path / DCP_DIR, no_dist=not _distributed())
     set_model_state_dict(model, state["model"])
     if with_optim:
         assert optimizer is not None
@@ -169,7 +187,8 @@ def sharded_to_hf(path: Path, out: Path, *, dtype: torch.dtype | None = torch.bf
         model = Transformer(args)
     model.to_empty(device="cpu")
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=path / DCP_DIR)
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=path / DCP_DIR, no_dist=True)
     model.load_state_dict(state["model"])
     model.reset_buffers()
     out.mkdir(parents=True, exist_ok=True)

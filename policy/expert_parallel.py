@@ -87,10 +87,29 @@ def expert_parallel_routed(
     return (weights.to(out.dtype).unsqueeze(-1) * out).sum(dim=1)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity whose backward multiplies the gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
 class ExpertParallelExperts(nn.Module):
     """`RoutedExperts` whose weights are sharded over the mesh's expert dimension: DTensors of
     the full shapes (E, 2I, D) / (E, D, I) placed `Shard(0)` on `ep_mesh`, so this rank
-    computes with its E/ep local experts and state dicts name the same full tensors."""
+    computes with its E/ep local experts and state dicts name the same full tensors.
+
+    Gradients: the all-to-all brings every ep rank's tokens to these experts, so the local
+    gradient sums ep ranks' losses; it is divided by ep here, and the data-parallel average
+    over the other world/ep ranks (FSDP over "edp") then gives the mean over all ranks, like
+    every dense gradient. (Scaling here rather than with FSDP's gradient divide factor works
+    on every backend: gloo has no PREMUL_SUM.)"""
 
     def __init__(self, experts: RoutedExperts, ep_mesh: DeviceMesh):
         super().__init__()
@@ -107,9 +126,9 @@ class ExpertParallelExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(distribute_tensor(experts.gate_up_proj.data, ep_mesh, [Shard(0)]))
         self.down_proj = nn.Parameter(distribute_tensor(experts.down_proj.data, ep_mesh, [Shard(0)]))
 
-    @staticmethod
-    def _local(weight: Tensor) -> Tensor:
-        return weight.to_local() if isinstance(weight, DTensor) else weight
+    def _local(self, weight: Tensor) -> Tensor:
+        local = weight.to_local() if isinstance(weight, DTensor) else weight
+        return _ScaleGrad.apply(local, 1.0 / self.ep_mesh.size())
 
     def forward(self, x: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         """x (N, D), indices (N, k), weights (N, k) -> (N, D), as `RoutedExperts.forward`."""

@@ -12,9 +12,9 @@ The device mesh (torchtitan's layout, without tensor or pipeline parallelism):
 - routed experts are split over ("edp", "ep") of world/ep x ep ranks: consecutive groups of ep
   ranks each hold all experts, E/ep per rank (`Shard(0)` on "ep"), and the world/ep ranks that
   hold the same experts shard them once more with FSDP (`Shard(1)` on "edp").
-Gradients are means over every rank's tokens: FSDP divides the dense ones by the world size,
-and the experts' reduce-scatter over "edp" is told to divide by the world size too, since each
-rank's expert gradients already sum the ep ranks' tokens that the all-to-all brought to it.
+Gradients are means over every rank's tokens: FSDP averages the dense ones over the world;
+each rank's expert gradients sum the ep ranks' tokens the all-to-all brought to it, so
+`ExpertParallelExperts` divides them by ep before FSDP averages them over "edp".
 
 Each block (main layers and the MTP modules' blocks) is wrapped in place, so parameter names and
 state-dict keys are unchanged (checkpoint_wrapper strips its prefix from state dicts, and
@@ -241,7 +241,6 @@ def apply_fsdp(model: Transformer, mesh: ParallelMesh, config: ShardingConfig) -
             raise ValueError("learner.cpu_offload needs CUDA devices (the weights already live on the CPU)")
         offload = CPUOffloadPolicy()
     common = {"mp_policy": mp, "offload_policy": offload}
-    world = mesh.world_size
     for block in _blocks(model):
         moe = next((m for m in block.modules() if isinstance(m, MoE)), None)
         if moe is not None and isinstance(moe.experts, ExpertParallelExperts):
@@ -253,9 +252,6 @@ def apply_fsdp(model: Transformer, mesh: ParallelMesh, config: ShardingConfig) -
                 reshard_after_forward=config.reshard_after_forward,
                 **common,
             )
-            # each rank's expert gradients already sum the ep ranks' tokens: the mean over
-            # all ranks divides the sum over "edp" by the world size, not by |edp|
-            moe.experts.set_gradient_divide_factor(float(world))  # type: ignore[operator]
         fully_shard(
             block, mesh=mesh.dense, reshard_after_forward=config.reshard_after_forward, **common
         )
