@@ -240,24 +240,26 @@ def apply_fsdp(model: Transformer, mesh: ParallelMesh, config: ShardingConfig) -
         if mesh.dense.device_type != "cuda":
             raise ValueError("learner.cpu_offload needs CUDA devices (the weights already live on the CPU)")
         offload = CPUOffloadPolicy()
-    common = {"mp_policy": mp, "offload_policy": offload}
+
+    def shard(module: nn.Module, on: DeviceMesh, reshard: bool, dim: int = 0) -> None:
+        fully_shard(
+            module,
+            mesh=on,
+            reshard_after_forward=reshard,
+            shard_placement_fn=lambda param: Shard(dim),
+            mp_policy=mp,
+            offload_policy=offload,
+        )
+
     for block in _blocks(model):
         moe = next((m for m in block.modules() if isinstance(m, MoE)), None)
         if moe is not None and isinstance(moe.experts, ExpertParallelExperts):
-            fully_shard(
-                moe.experts,
-                mesh=mesh.experts["edp"],
-                # dim 0 (experts) is already split over "ep": shard the rows of each expert
-                shard_placement_fn=lambda param: Shard(1),
-                reshard_after_forward=config.reshard_after_forward,
-                **common,
-            )
-        fully_shard(
-            block, mesh=mesh.dense, reshard_after_forward=config.reshard_after_forward, **common
-        )
+            # dim 0 (experts) is already split over "ep": shard the rows of each expert
+            shard(moe.experts, mesh.experts["edp"], config.reshard_after_forward, dim=1)
+        shard(block, mesh.dense, config.reshard_after_forward)
     for mtp in model.mtp:
-        fully_shard(mtp, mesh=mesh.dense, reshard_after_forward=config.reshard_after_forward, **common)
-    fully_shard(model, mesh=mesh.dense, reshard_after_forward=False, **common)
+        shard(mtp, mesh.dense, config.reshard_after_forward)
+    shard(model, mesh.dense, reshard=False)
     # training calls `model.loss`, not forward: the root gathers its parameters for it too
     register_fsdp_forward_method(model, "loss")
 
