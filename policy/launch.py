@@ -152,7 +152,8 @@ def _main(argv: list[str] | None = None) -> None:
     from policy.balancing import register_bias_update_hook
     from policy.checkpoint import load_pretrained
     from policy.distributed_checkpoint import load_sharded, save_sharded, sharded_to_hf
-    from policy.parallelize import ShardingConfig, SpeedConfig, build_mesh, parallelize
+    from policy.mesh import ShardingConfig
+    from policy.parallelize import SpeedConfig, build_mesh, parallelize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="HF-format checkpoint to start from")

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from policy.mesh import ShardingConfig, check_mesh
 from policy.model import ModelArgs, count_parameters
-from policy.parallelize import ShardingConfig, check_mesh
+from policy.presets import plan_preset
 
 GIB = 2**30
 BF16, FP32 = 2, 4
@@ -81,7 +82,7 @@ def activation_bytes_per_token(args: ModelArgs) -> dict[str, float]:
 
 
 def plan(
-    args: ModelArgs,
+    model: ModelArgs | str,
     *,
     gpus: int,
     gpu_memory_gib: float,
@@ -91,8 +92,15 @@ def plan(
     micro_batch: int = 1,
     activation_checkpointing: Literal["none", "full"] = "full",
 ) -> dict[str, Any]:
-    """Memory and communication per GPU of one micro-batch step; ValueError quoting the numbers
-    when the mesh does not fit the model or the GPU count."""
+    """Memory and communication per GPU of one micro-batch step of `model` (ModelArgs or a
+    preset name, `policy.presets.plan_preset`); ValueError quoting the numbers when the mesh
+    does not fit the model or the GPU count."""
+    args = plan_preset(model) if isinstance(model, str) else model
+    if gpus < 1 or gpu_memory_gib <= 0 or seq < 1 or micro_batch < 1:
+        raise ValueError(
+            f"gpus = {gpus}, gpu memory = {gpu_memory_gib} GiB, seq = {seq}, micro-batch = "
+            f"{micro_batch}: each must be positive"
+        )
     if seq > args.max_seq_len:
         raise ValueError(f"--seq {seq} exceeds the preset's max_seq_len {args.max_seq_len}")
     dp_shard, ep = check_mesh(ShardingConfig(dp_shard=dp_shard, ep=ep), gpus, args)
@@ -154,6 +162,7 @@ def plan(
             "edp": edp,
             "experts_per_gpu": args.n_routed_experts // ep,
         },
+        "preset": model if isinstance(model, str) else None,
         "step": {
             "seq": seq,
             "micro_batch": micro_batch,

@@ -35,8 +35,9 @@ from policy.distributed_checkpoint import (
     sharded_to_hf,
 )
 from policy.launch import process_group, train_step
+from policy.mesh import ShardingConfig, check_mesh
 from policy.model import Transformer
-from policy.parallelize import ShardingConfig, SpeedConfig, build_mesh, check_mesh, parallelize
+from policy.parallelize import SpeedConfig, build_mesh, parallelize
 from policy.presets import PRESETS
 
 ARGS = dataclasses.replace(PRESETS["tiny"], max_seq_len=64, seq_aux_loss_alpha=1e-4)
@@ -242,7 +243,7 @@ def test_hf_and_sharded_formats_convert_both_ways(tmp_path: Path) -> None:
         (3, 1, 4, "learner.dp_shard = 3 does not divide the world size 4"),
         (-1, 3, 6, "n_routed_experts = 8 is not divisible by learner.ep = 3"),
         (2, 4, 2, "learner.ep = 4 does not divide the world size 2"),
-        (0, 1, 2, "learner.dp_shard = 0 must be -1 (all ranks) or >= 1"),
+        (0, 1, 2, "dp_shard = 0: use -1 (all ranks) or a rank count >= 1"),
     ],
 )
 def test_mesh_errors_quote_the_numbers(dp_shard: int, ep: int, world: int, message: str) -> None:
