@@ -177,10 +177,10 @@ def plan(
             "routed_experts": routed,
             "held_per_gpu": held,
         },
-        "memory_gib": {k: round(v, 3) for k, v in memory.items()},
+        "memory_gib": {k: round(v, 6) for k, v in memory.items()},
         "gpu_memory_gib": gpu_memory_gib,
         "fits": memory["total"] <= gpu_memory_gib,
-        "headroom_gib": round(gpu_memory_gib - memory["total"], 3),
+        "headroom_gib": round(gpu_memory_gib - memory["total"], 6),
         "communication_gib_per_micro_batch": {
             "ep_all_to_all": round(a2a / GIB, 3),
             "fsdp_all_gather": round(fsdp_gather / GIB, 3),
