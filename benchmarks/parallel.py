@@ -43,8 +43,8 @@ import torch
 import torch.multiprocessing as mp
 
 from benchmarks.common import machine_info, write_json
-from policy.plan import plan
 from policy.model import ModelArgs
+from policy.plan import plan
 from policy.presets import PRESETS
 
 LAYOUTS = ("unsharded", "fsdp", "fsdp+ep")

@@ -76,7 +76,8 @@ def _capture_grads(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
     from torch.distributed.tensor import DTensor
 
     grads: dict[str, torch.Tensor] = {}
-    named = list(model.named_parameters())
+    # names as in the plain model's state dict (activation checkpointing adds a wrapper level)
+    named = [(n.replace("._checkpoint_wrapped_module", ""), p) for n, p in model.named_parameters()]
 
     def hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         for name, p in named:
@@ -98,7 +99,7 @@ def _rank_main(rank: int, world: int, port: int, out: str, cases: list[dict[str,
             sharding = ShardingConfig(dp_shard=case["dp_shard"], ep=case["ep"], param_dtype="float32")
             model = _model(seed=case.get("init_seed", 0))
             mesh = build_mesh(sharding, ARGS)
-            parallelize(model, SpeedConfig(), mesh, sharding)
+            parallelize(model, SpeedConfig(activation_checkpointing=case.get("checkpointing", "none")), mesh, sharding)
             optimizer = _optimizer(model)
             if "resume" in case:
                 load_sharded(Path(case["resume"]), model, optimizer)
@@ -146,6 +147,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"name": "fsdp2", "dp_shard": 2, "ep": 1, "batch_seed": 1},
         {"name": "ep2", "dp_shard": 1, "ep": 2, "batch_seed": 1},
         {"name": "fsdp2-ep2", "dp_shard": 2, "ep": 2, "batch_seed": 1, "save": str(checkpoint)},
+        # activation checkpointing on top: the recompute repeats the all-to-alls in backward
+        {"name": "fsdp2-ep2-checkpointed", "dp_shard": 2, "ep": 2, "batch_seed": 1, "checkpointing": "full"},
     ])
     _spawn(4, out, [
         {"name": "fsdp4-ep2", "dp_shard": 4, "ep": 2, "batch_seed": 1},
@@ -178,7 +181,7 @@ def _assert_same(got: dict[str, Any], want: dict[str, Any], label: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fsdp2", "ep2", "fsdp2-ep2", "fsdp4-ep2"])
+@pytest.mark.parametrize("name", ["fsdp2", "ep2", "fsdp2-ep2", "fsdp2-ep2-checkpointed", "fsdp4-ep2"])
 def test_sharded_step_equals_single_process_step(runs: dict[str, Any], name: str) -> None:
     _assert_same(runs[name], runs["reference"], name)
 
