@@ -61,11 +61,6 @@ class ShardingConfig(BaseModel):
             raise ValueError(f"dp_shard = {value}: use -1 (all ranks) or a rank count >= 1")
         return value
 
-    @property
-    def distributed(self) -> bool:
-        """Whether this layout shards anything (otherwise one device is enough)."""
-        return self.dp_shard not in (-1, 1) or self.ep > 1
-
 
 def check_mesh(config: ShardingConfig, world_size: int, args: ModelArgs) -> tuple[int, int]:
     """(dp_shard, ep) resolved for `world_size` ranks, or ValueError quoting every number that

@@ -34,7 +34,6 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import (
     CPUOffloadPolicy,
-    FSDPModule,
     MixedPrecisionPolicy,
     OffloadPolicy,
     fully_shard,
@@ -235,7 +234,3 @@ def parallelize(
         apply_fsdp(model, mesh, sharding or ShardingConfig())
     return model
 
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether `parallelize` applied FSDP2 to this model."""
-    return isinstance(model, FSDPModule)
