@@ -201,3 +201,25 @@ def hf_to_sharded(path: Path, out: Path) -> None:
     state, step 0) that a run on any number of ranks loads with `load_sharded`."""
     model = load_pretrained(Path(path), dtype=torch.float32)
     save_sharded(Path(out), model, step=0, source=Path(path))
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether `path` is a (complete) sharded checkpoint folder."""
+    return (Path(path) / TRAINER_STATE).is_file() and (Path(path) / DCP_DIR).is_dir()
+
+
+def convert(path: Path, out: Path, *, dtype: torch.dtype | None = torch.bfloat16) -> str:
+    """Convert a sharded checkpoint to HF format or an HF-format one to a sharded one, whichever
+    `path` is; returns "sharded -> hf" or "hf -> sharded". `dtype` applies to HF output.
+    FileNotFoundError when `path` is neither."""
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        sharded_to_hf(path, out, dtype=dtype)
+        return "sharded -> hf"
+    if (path / "config.json").is_file():
+        hf_to_sharded(path, out)
+        return "hf -> sharded"
+    raise FileNotFoundError(
+        f"{path}: neither a sharded checkpoint ({TRAINER_STATE} and {DCP_DIR}/) nor an HF-format "
+        "one (config.json and safetensors)"
+    )

@@ -204,3 +204,23 @@ def test_plan_bad_mesh_is_one_line_with_the_numbers() -> None:
     assert "learner.ep = 48 does not divide the world size 2048" in line, line
     line = _error_line(_run("model", "plan", "--preset", "huge", "--gpus", "8", "--gpu-memory", "80"))
     assert "unknown preset 'huge'" in line, line
+
+
+def test_convert_hf_to_sharded_and_back(tiny_dir: Path, tmp_path: Path) -> None:
+    """HF -> sharded -> HF (float32) gives back the same tensors, config and tokenizer."""
+    result = _run("model", "convert", tiny_dir, "--out", tmp_path / "sharded")
+    assert result.exit_code == 0 and "hf -> sharded" in result.stdout, result.output
+    result = _run("model", "convert", tmp_path / "sharded", "--out", tmp_path / "hf", "--dtype", "float32")
+    assert result.exit_code == 0 and "sharded -> hf" in result.stdout, result.output
+    with safe_open(str(tiny_dir / "model.safetensors"), "pt") as a, safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        differ = [k for k in a.keys() if not a.get_tensor(k).equal(b.get_tensor(k))]
+    assert not differ, differ[:3]
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == \
+        json.loads((tiny_dir / "config.json").read_text())["eos_token_id"]
+
+
+def test_convert_bad_input_is_one_line(tmp_path: Path) -> None:
+    line = _error_line(_run("model", "convert", tmp_path, "--out", tmp_path / "x"))
+    assert "neither a sharded checkpoint" in line, line

@@ -4,6 +4,7 @@
     prover model info runs/tiny [--json]
     prover model tokenizer --corpus proofs.jsonl --out data/tokenizers/mine [--vocab-size 4096]
     prover model plan --preset deepseek-v3-671b --gpus 2048 --gpu-memory 80 --ep 64 [--json]
+    prover model convert runs/train/step-000100 --out runs/train/hf [--dtype bfloat16]
 
 `init` writes a folder that transformers (`AutoModelForCausalLM.from_pretrained`) and vLLM
 load as is: config.json (DeepSeek-V3 keys), model.safetensors, generation_config.json and the
@@ -31,7 +32,8 @@ from prover.cli.common import (
 app = typer.Typer(
     help="Policy checkpoints: write a fresh DeepSeek-V3-architecture checkpoint from a preset "
     "(init), print its parameters and layout (info), train a Lean BPE tokenizer (tokenizer), "
-    "plan memory and communication per GPU of a sharded training step (plan).",
+    "plan memory and communication per GPU of a sharded training step (plan), convert between "
+    "sharded training checkpoints and HF format (convert).",
     no_args_is_help=True,
 )
 
@@ -187,3 +189,27 @@ def plan_command(
         print_json(result)
     else:
         _print_plan(result)
+
+
+@app.command("convert")
+def convert_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A sharded training checkpoint (trainer_state.json, dcp/) "
+                                               "or an HF-format checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the other format into (created).")],
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights' dtype of HF output: bfloat16, float32, float16.")] = "bfloat16",
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
+) -> None:
+    """Sharded (torch.distributed.checkpoint, any number of ranks) to HF format, which vLLM and
+    `prover bench` load, or HF format to sharded (a sharded run starting from it)."""
+    import torch
+
+    from policy.distributed_checkpoint import convert
+
+    if dtype not in ("bfloat16", "float32", "float16"):
+        raise UserError(f"--dtype {dtype!r}: use bfloat16, float32 or float16")
+    check_out_dir(out, force)
+    try:
+        direction = convert(checkpoint, out, dtype=getattr(torch, dtype))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"wrote {out} ({direction})", soft_wrap=True)
