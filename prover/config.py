@@ -6,7 +6,8 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 `--config` reproduces the run.
 
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
-[rollout], [training], [grpo] (the RL objective), [benchmark], [curate]. Defaults name their source: GRPO values follow
+[rollout], [training], [grpo] (the RL objective), [learner] (the learner's mesh, policy.mesh.ShardingConfig),
+[benchmark], [curate]. Defaults name their source: GRPO values follow
 DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from lean_env.config import VerifierConfig
 from policy.config import SEED_MAX, PolicyConfig
+from policy.mesh import ShardingConfig
 from prover.errors import UserError
 from prover.runs import RunConfig
 
@@ -234,6 +236,13 @@ class GRPOConfig(BaseModel):
         return self
 
 
+class LearnerConfig(ShardingConfig):
+    """How the learner is laid out over its ranks (torchrun or the fleet's Ray actors): FSDP2
+    over `dp_shard` ranks, expert parallelism over `ep`, mixed precision, CPU offload
+    (policy/mesh.py; applied by policy/parallelize.py). One process: no sharding at all.
+    Checked against the world size and the model when the learner starts."""
+
+
 class BenchmarkConfig(BaseModel):
     """pass@k on a suite, reported so others can reproduce it (samples per problem:
     `policy.sampling.n`)."""
@@ -289,6 +298,7 @@ class ProverConfig(BaseModel):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     run: RunConfig = Field(default_factory=RunConfig)

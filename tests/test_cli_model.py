@@ -175,3 +175,53 @@ def test_init_rejects_tokenizer_without_eos(tmp_path: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE())).save_pretrained(tmp_path / "tok")
     line = _error_line(_run("model", "init", "--preset", "tiny", "--out", tmp_path / "m", "--tokenizer", tmp_path / "tok"))
     assert "has no eos token" in line, line
+
+
+def test_plan_deepseek_v3_on_its_published_mesh() -> None:
+    """DeepSeek-V3's training mesh (2,048 GPUs of 80 GB, EP 64): 4 experts per GPU, 671B
+    parameters, and the step fits; --json is exactly one document."""
+    result = _run("model", "plan", "--preset", "deepseek-v3-671b", "--gpus", "2048", "--gpu-memory", "80",
+                  "--ep", "64", "--seq", "4096", "--micro-batch", "1", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["mesh"]["experts_per_gpu"] == 4 and plan["mesh"]["edp"] == 32, plan["mesh"]
+    assert round(plan["parameters"]["total_without_mtp"] / 1e9) == 671, plan["parameters"]
+    assert plan["fits"] is True, plan["memory_gib"]
+    table = _run("model", "plan", "--preset", "deepseek-v3-671b", "--gpus", "2048", "--gpu-memory", "80", "--ep", "64")
+    assert table.exit_code == 0 and "4 experts per GPU" in table.stdout, table.output
+
+
+def test_plan_says_when_it_does_not_fit() -> None:
+    result = _run("model", "plan", "--preset", "deepseek-v3-671b", "--gpus", "64", "--gpu-memory", "80",
+                  "--ep", "64", "--json")
+    plan = json.loads(result.stdout)
+    assert plan["fits"] is False and plan["memory_gib"]["total"] > 80, plan["memory_gib"]
+
+
+def test_plan_bad_mesh_is_one_line_with_the_numbers() -> None:
+    line = _error_line(_run("model", "plan", "--preset", "deepseek-v3-671b", "--gpus", "2048",
+                            "--gpu-memory", "80", "--ep", "48"))
+    assert "learner.ep = 48 does not divide the world size 2048" in line, line
+    line = _error_line(_run("model", "plan", "--preset", "huge", "--gpus", "8", "--gpu-memory", "80"))
+    assert "unknown preset 'huge'" in line, line
+
+
+def test_convert_hf_to_sharded_and_back(tiny_dir: Path, tmp_path: Path) -> None:
+    """HF -> sharded -> HF (float32) gives back the same tensors, config and tokenizer."""
+    result = _run("model", "convert", tiny_dir, "--out", tmp_path / "sharded")
+    assert result.exit_code == 0 and "hf -> sharded" in result.stdout, result.output
+    result = _run("model", "convert", tmp_path / "sharded", "--out", tmp_path / "hf", "--dtype", "float32")
+    assert result.exit_code == 0 and "sharded -> hf" in result.stdout, result.output
+    with safe_open(str(tiny_dir / "model.safetensors"), "pt") as a, safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as b:
+        names = sorted(a.keys())
+        assert names == sorted(b.keys())
+        differ = [k for k in names if not a.get_tensor(k).equal(b.get_tensor(k))]
+    assert not differ, differ[:3]
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == \
+        json.loads((tiny_dir / "config.json").read_text())["eos_token_id"]
+
+
+def test_convert_bad_input_is_one_line(tmp_path: Path) -> None:
+    line = _error_line(_run("model", "convert", tmp_path, "--out", tmp_path / "x"))
+    assert "neither a sharded checkpoint" in line, line

@@ -3,6 +3,8 @@
     prover model init --preset tiny --out runs/tiny [--tokenizer DIR] [--seed 0] [--dtype float32]
     prover model info runs/tiny [--json]
     prover model tokenizer --corpus proofs.jsonl --out data/tokenizers/mine [--vocab-size 4096]
+    prover model plan --preset deepseek-v3-671b --gpus 2048 --gpu-memory 80 --ep 64 [--json]
+    prover model convert runs/train/step-000100 --out runs/train/hf [--dtype bfloat16]
 
 `init` writes a folder that transformers (`AutoModelForCausalLM.from_pretrained`) and vLLM
 load as is: config.json (DeepSeek-V3 keys), model.safetensors, generation_config.json and the
@@ -29,7 +31,9 @@ from prover.cli.common import (
 
 app = typer.Typer(
     help="Policy checkpoints: write a fresh DeepSeek-V3-architecture checkpoint from a preset "
-    "(init), print its parameters and layout (info), train a Lean BPE tokenizer (tokenizer).",
+    "(init), print its parameters and layout (info), train a Lean BPE tokenizer (tokenizer), "
+    "plan memory and communication per GPU of a sharded training step (plan), convert between "
+    "sharded training checkpoints and HF format (convert).",
     no_args_is_help=True,
 )
 
@@ -131,3 +135,81 @@ def train_tokenizer_command(
     trained.save_pretrained(out)
     console.print(f"wrote {out}: {len(trained)} tokens from {len(texts)} texts "
                   f"({sum(len(t) for t in texts):,} characters)")
+
+
+def _print_plan(p: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    mesh, step, params = p["mesh"], p["step"], p["parameters"]
+    table = Table(title=f"plan: {p['preset']} on {mesh['gpus']} GPUs of {p['gpu_memory_gib']:g} GiB",
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("mesh", f"FSDP over {mesh['dp_shard']} x {mesh['dp_replicate']} replica(s); "
+                  f"EP {mesh['ep']} ({mesh['experts_per_gpu']} experts per GPU), experts FSDP over {mesh['edp']}")
+    table.add_row("parameters", f"{_millions(params['total'])} with MTP ({_millions(params['total_without_mtp'])} "
+                  f"without), {_millions(params['active_per_token'])} active per token")
+    table.add_row("step", f"{step['micro_batch']} x {step['seq']} tokens per GPU, activation checkpointing "
+                  f"{step['activation_checkpointing']}")
+    for name, gib in p["memory_gib"].items():
+        table.add_row(f"{name} (GiB)", f"{gib:,.2f}")
+    table.add_row("fits", f"{'yes' if p['fits'] else 'NO'} (headroom {p['headroom_gib']:,.2f} GiB)")
+    for name, gib in p["communication_gib_per_micro_batch"].items():
+        table.add_row(f"{name} (GiB per micro-batch)", f"{gib:,.2f}")
+    table.add_row("compute (TFLOP per micro-batch)", f"{p['tflop_per_micro_batch']:,.1f}")
+    console.print(table)
+
+
+@app.command("plan")
+def plan_command(
+    preset_name: Annotated[str, typer.Option(
+        "--preset", help="Model: tiny, small, base, or the published deepseek-v3-671b.")],
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="GPUs (ranks) in the mesh.")],
+    gpu_memory: Annotated[float, typer.Option("--gpu-memory", min=1, help="Memory per GPU, GiB (H800/H100: 80, H200: 141).")],
+    ep: Annotated[int, typer.Option("--ep", min=1, help="Expert-parallel degree (learner.ep).")] = 1,
+    dp_shard: Annotated[int, typer.Option("--dp-shard", help="FSDP shard group size (learner.dp_shard); -1: all GPUs.")] = -1,
+    seq: Annotated[int, typer.Option("--seq", min=1, help="Tokens per sequence.")] = 4096,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", min=1, help="Sequences per GPU per forward/backward.")] = 1,
+    checkpointing: Annotated[str, typer.Option(
+        "--activation-checkpointing", help="full (keep each block's input, recompute the rest) or none.")] = "full",
+    as_json: JsonFlag = False,
+) -> None:
+    """Per-GPU parameters, gradients, optimizer state and activations of one training step on a
+    mesh (FSDP2 + expert parallelism), the all-to-all volume, and whether it fits."""
+    from policy.plan import plan
+
+    if checkpointing not in ("full", "none"):
+        raise UserError(f"--activation-checkpointing {checkpointing!r}: use 'full' or 'none'")
+    try:
+        result = plan(preset_name, gpus=gpus, gpu_memory_gib=gpu_memory, ep=ep, dp_shard=dp_shard,
+                      seq=seq, micro_batch=micro_batch, activation_checkpointing=checkpointing)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UserError(f"--preset {preset_name}: {exc}") from None
+    if as_json:
+        print_json(result)
+    else:
+        _print_plan(result)
+
+
+@app.command("convert")
+def convert_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A sharded training checkpoint (trainer_state.json, dcp/) "
+                                               "or an HF-format checkpoint folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the other format into (created).")],
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights' dtype of HF output: bfloat16, float32, float16.")] = "bfloat16",
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
+) -> None:
+    """Sharded (torch.distributed.checkpoint, any number of ranks) to HF format, which vLLM and
+    `prover bench` load, or HF format to sharded (a sharded run starting from it)."""
+    import torch
+
+    from policy.distributed_checkpoint import convert
+
+    if dtype not in ("bfloat16", "float32", "float16"):
+        raise UserError(f"--dtype {dtype!r}: use bfloat16, float32 or float16")
+    check_out_dir(out, force)
+    try:
+        direction = convert(checkpoint, out, dtype=getattr(torch, dtype))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    console.print(f"wrote {out} ({direction})", soft_wrap=True)
