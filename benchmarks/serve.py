@@ -21,6 +21,14 @@ request on anything but the check: pool, acceptance, JSON, HTTP, idle gaps), and
 seconds per request of the process that serves (this one for `pool`, the server process for
 HTTP; REPL processes excluded everywhere).
 
+The stand-in is not free either (it parses JSON, matches its rules, oversleeps), and its cost
+is neither ours nor kimina's: every stand-in of a row logs when it read each request and
+flushed its reply (`LEAN_STANDIN_TIMING`, see `lean_env.standin.server`), so each row also
+carries `standin_ms` (the stand-in's own time per request: busy time minus the simulated
+check), `server_ms` = overhead_ms - standin_ms (what the side under test costs: the figure
+the goals are about), and the idle gap at the REPL between a reply and the next request
+(`gap_median_ms`, `gap_mean_ms`).
+
     python -m benchmarks.serve [--out runs/bench/serve.json] [--requests 200] [--lean-ms 20]
                                [--kimina-site /tmp/kimina-site]
 """
@@ -36,6 +44,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,13 +78,58 @@ def _requests(n: int, tag: str) -> list[VerifyRequest]:
     return out
 
 
+class _Timing:
+    """The stand-ins' own timing lines (LEAN_STANDIN_TIMING) for one row's window. Creating
+    one points the stand-ins started from now on (also by servers we start) at `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["LEAN_STANDIN_TIMING"] = str(folder)
+        self.start = self.end = 0.0
+
+    def window(self) -> _Timing:
+        """Another window over the same stand-ins."""
+        other = _Timing.__new__(_Timing)
+        other.folder, other.start, other.end = self.folder, 0.0, 0.0
+        return other
+
+    def begin(self) -> None:
+        self.start = time.monotonic()
+
+    def finish(self) -> None:
+        self.end = time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        """Per request in the window: the stand-in's own ms (busy minus simulated), and the
+        idle gaps at each REPL between a reply and the next request."""
+        own: list[float] = []
+        gaps: list[float] = []
+        for path in self.folder.glob("*.tsv"):
+            rows = sorted(tuple(map(float, line.split("\t")))
+                          for line in path.read_text().splitlines() if line.count("\t") == 2)
+            inside = [r for r in rows if r[0] >= self.start and r[1] <= self.end]
+            own += [done - read - slept for read, done, slept in inside]
+            gaps += [b[0] - a[1] for a, b in zip(inside, inside[1:], strict=False)]
+        return {"repl_commands": len(own),
+                "standin_ms": 1e3 * statistics.fmean(own) if own else None,
+                "gap_median_ms": 1e3 * statistics.median(gaps) if gaps else None,
+                "gap_mean_ms": 1e3 * statistics.fmean(gaps) if gaps else None}
+
+
 def _row(mode: str, workers: int, n: int, seconds: float, cpu_s: float, lean_s: float,
-         accepted: int) -> dict[str, Any]:
+         accepted: int, timing: _Timing) -> dict[str, Any]:
     if accepted != n:
         raise SystemExit(f"{mode} at {workers} REPLs: {accepted}/{n} accepted")
+    overhead = 1e3 * (workers * seconds / n - lean_s)
+    stand_in = timing.summary()
+    # The stand-in's cost per request, as seen from the REPL slots: its commands' own time
+    # spread over the requests (kimina may send more than one command per request).
+    standin_ms = (stand_in["standin_ms"] or 0.0) * stand_in["repl_commands"] / n
     return {"mode": mode, "repls": workers, "requests": n, "seconds": seconds,
             "requests_per_s": n / seconds, "ideal_requests_per_s": workers / lean_s,
-            "overhead_ms": 1e3 * (workers * seconds / n - lean_s),
+            "overhead_ms": overhead, "standin_ms_per_request": standin_ms,
+            "server_ms": overhead - standin_ms, **stand_in,
             "cpu_ms_per_request": 1e3 * cpu_s / n}
 
 
@@ -84,14 +138,18 @@ def _self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _pool(config: VerifierConfig, workers: int, n: int, lean_s: float) -> dict[str, Any]:
+async def _pool(config: VerifierConfig, workers: int, n: int, lean_s: float,
+                timing: _Timing) -> dict[str, Any]:
     async with Verifier(config.model_copy(update={"workers": workers})) as verifier:
         await verifier.verify_many(_requests(2 * workers, f"warm{workers}"))
         requests = _requests(n, f"pool{workers}")
+        timing.begin()
         cpu, start = _self_cpu(), time.perf_counter()
         verdicts = await verifier.verify_many(requests)
         seconds, cpu_s = time.perf_counter() - start, _self_cpu() - cpu
-    return _row("pool", workers, n, seconds, cpu_s, lean_s, sum(v.accepted for v in verdicts))
+        timing.finish()
+    return _row("pool", workers, n, seconds, cpu_s, lean_s, sum(v.accepted for v in verdicts),
+                timing)
 
 
 class _Server:
@@ -183,15 +241,18 @@ class _KiminaServer(_Server):
 
 
 def _kimina_server(site: Path, rules: Path, workers: int, n: int, lean_s: float,
-                   tmp: Path) -> dict[str, Any]:
+                   tmp: Path, timing: _Timing) -> dict[str, Any]:
     server = _KiminaServer(site, rules, workers, tmp)
     try:
         _kimina_style(server.url, _requests(2 * workers, f"kwarm{workers}"))
         requests = _requests(n, f"kserver{workers}")
+        timing.begin()
         cpu, start = server.cpu(), time.perf_counter()
         valid = _kimina_style(server.url, requests)
-        return _row("kimina_server", workers, n, time.perf_counter() - start,
-                    server.cpu() - cpu, lean_s, valid)
+        seconds = time.perf_counter() - start
+        timing.finish()
+        return _row("kimina_server", workers, n, seconds, server.cpu() - cpu, lean_s, valid,
+                    timing)
     finally:
         server.close()
 
@@ -234,22 +295,30 @@ def _kimina_style(url: str, requests: list[VerifyRequest]) -> int:
         return sum(pool.map(post, batches))
 
 
-def _http(rules: Path, workers: int, n: int, lean_s: float) -> list[dict[str, Any]]:
+def _http(rules: Path, workers: int, n: int, lean_s: float,
+          timing: _Timing) -> list[dict[str, Any]]:
     server = _Server(rules, workers)
     try:
         _kimina_style(server.url, _requests(2 * workers, f"warm{workers}"))
         requests = _requests(n, f"kimina{workers}")
+        timing.begin()
         cpu, start = server.cpu(), time.perf_counter()
         accepted = _kimina_style(server.url, requests)
-        rows = [_row("http_kimina", workers, n, time.perf_counter() - start,
-                     server.cpu() - cpu, lean_s, accepted)]
+        seconds = time.perf_counter() - start
+        timing.finish()
+        rows = [_row("http_kimina", workers, n, seconds, server.cpu() - cpu, lean_s, accepted,
+                     timing)]
         remote = RemoteVerifier(VerifierConfig(backend="remote", remote_urls=[server.url],
                                                remote_batch_size=KIMINA_BATCH))
         requests = _requests(n, f"remote{workers}")
+        timing = timing.window()
+        timing.begin()
         cpu, start = server.cpu(), time.perf_counter()
         verdicts = remote.verify_batch(requests)
-        rows.append(_row("http_remote", workers, n, time.perf_counter() - start,
-                         server.cpu() - cpu, lean_s, sum(v.accepted for v in verdicts)))
+        seconds = time.perf_counter() - start
+        timing.finish()
+        rows.append(_row("http_remote", workers, n, seconds, server.cpu() - cpu, lean_s,
+                         sum(v.accepted for v in verdicts), timing))
         return rows
     finally:
         server.close()
@@ -284,22 +353,28 @@ def main() -> None:
             {"name": "lean_time", "substring": "theorem bench_", "sleep_s": lean_s}]}))
         config = VerifierConfig(backend="standin", standin_rules=rules, max_uses=100_000)
         for workers in args.repls:
-            report["rows"].append(asyncio.run(_pool(config, workers, args.requests, lean_s)))
+            timing = Path(tmp) / f"timing-{workers}"
+            report["rows"].append(asyncio.run(_pool(config, workers, args.requests, lean_s,
+                                                    _Timing(timing / "pool"))))
             write_json(report, args.out)
-            report["rows"] += _http(rules, workers, args.requests, lean_s)
+            report["rows"] += _http(rules, workers, args.requests, lean_s,
+                                    _Timing(timing / "http"))
             write_json(report, args.out)
             if args.kimina_site is not None:
                 report["rows"].append(_kimina_server(args.kimina_site.resolve(), rules, workers,
-                                                     args.requests, lean_s, Path(tmp)))
+                                                     args.requests, lean_s, Path(tmp),
+                                                     _Timing(timing / "kimina")))
                 write_json(report, args.out)
 
     print(f"stand-in REPL: {args.lean_ms:g} ms simulated check; {os.cpu_count()} CPUs; "
           f"kimina-ast-server: {report['kimina_server']}")
-    print(f"{'mode':>12} {'REPLs':>5} {'req/s':>8} {'ideal':>7} {'ovh ms':>7} {'cpu ms/req':>10}")
+    print(f"{'mode':>13} {'REPLs':>5} {'req/s':>7} {'ideal':>6} {'ovh ms':>7} {'stand-in':>8} "
+          f"{'server':>7} {'gap med':>7} {'cpu ms/req':>10}")
     for row in report["rows"]:
-        print(f"{row['mode']:>12} {row['repls']:>5} {row['requests_per_s']:>8.1f} "
-              f"{row['ideal_requests_per_s']:>7.1f} {row['overhead_ms']:>7.2f} "
-              f"{row['cpu_ms_per_request']:>10.2f}")
+        print(f"{row['mode']:>13} {row['repls']:>5} {row['requests_per_s']:>7.1f} "
+              f"{row['ideal_requests_per_s']:>6.1f} {row['overhead_ms']:>7.2f} "
+              f"{row['standin_ms_per_request']:>8.2f} {row['server_ms']:>7.2f} "
+              f"{row['gap_median_ms'] or 0:>7.2f} {row['cpu_ms_per_request']:>10.2f}")
     print(f"wrote {args.out}")
 
 
