@@ -133,6 +133,18 @@ def _row(mode: str, workers: int, n: int, seconds: float, cpu_s: float, lean_s: 
             "cpu_ms_per_request": 1e3 * cpu_s / n}
 
 
+def _goals(rows: list[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """The issue's goals at one REPL count, on the server-side figures (stand-in excluded): at
+    most 1 ms in-process, and over HTTP (kimina's client) at most half of kimina-ast-server's."""
+    mine = {r["mode"]: r for r in rows if r["repls"] == workers}
+    kimina = mine.get("kimina_server")
+    ratio = (mine["http_kimina"]["server_ms"] / kimina["server_ms"]
+             if kimina is not None and kimina["server_ms"] > 0 else None)
+    return {"repls": workers, "pool_server_ms": mine["pool"]["server_ms"],
+            "pool_goal_met": mine["pool"]["server_ms"] <= 1.0,
+            "http_vs_kimina": ratio, "http_goal_met": None if ratio is None else ratio <= 0.5}
+
+
 def _self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -346,7 +358,7 @@ def main() -> None:
         "kimina_client": package_version("kimina-ast-client"),
         "kimina_server": (f"kimina-ast-server from {args.kimina_site}" if args.kimina_site
                           else "not measured (no --kimina-site)"),
-        "rows": []}
+        "rows": [], "goals": []}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         rules = Path(tmp) / "rules.json"
         rules.write_text(json.dumps({"header_import_s": args.header_import_s, "rules": [
@@ -364,7 +376,8 @@ def main() -> None:
                 report["rows"].append(_kimina_server(args.kimina_site.resolve(), rules, workers,
                                                      args.requests, lean_s, Path(tmp),
                                                      _Timing(timing / "kimina")))
-                write_json(report, args.out)
+            report["goals"].append(_goals(report["rows"], workers))
+            write_json(report, args.out)
 
     print(f"stand-in REPL: {args.lean_ms:g} ms simulated check; {os.cpu_count()} CPUs; "
           f"kimina-ast-server: {report['kimina_server']}")
@@ -375,6 +388,10 @@ def main() -> None:
               f"{row['ideal_requests_per_s']:>6.1f} {row['overhead_ms']:>7.2f} "
               f"{row['standin_ms_per_request']:>8.2f} {row['server_ms']:>7.2f} "
               f"{row['gap_median_ms'] or 0:>7.2f} {row['cpu_ms_per_request']:>10.2f}")
+    for goal in report["goals"]:
+        print(f"{goal['repls']} REPLs: in-process {goal['pool_server_ms']:.2f} ms (goal <= 1 ms)"
+              + (f", HTTP {goal['http_vs_kimina']:.2f}x kimina-ast-server's (goal <= 0.5x)"
+                 if goal["http_vs_kimina"] is not None else ""))
     print(f"wrote {args.out}")
 
 
