@@ -19,7 +19,9 @@ Reported per row: requests/s, the ideal (REPLs / simulated check time), and the 
 request: REPLs x wall time / requests - simulated check time (time a REPL slot spends per
 request on anything but the check: pool, acceptance, JSON, HTTP, idle gaps), and the CPU
 seconds per request of the process that serves (this one for `pool`, the server process for
-HTTP; REPL processes excluded everywhere).
+HTTP; REPL processes excluded everywhere), and for HTTP rows the client's CPU per request (this
+process: kimina's client opens a new `httpx.Client` for every request, which on a loaded
+2-core machine can be what limits both servers' rows at 4 REPLs).
 
 The stand-in is not free either (it parses JSON, matches its rules, oversleeps), and its cost
 is neither ours nor kimina's: every stand-in of a row logs when it read each request and
@@ -118,7 +120,7 @@ class _Timing:
 
 
 def _row(mode: str, workers: int, n: int, seconds: float, cpu_s: float, lean_s: float,
-         accepted: int, timing: _Timing) -> dict[str, Any]:
+         accepted: int, timing: _Timing, client_cpu_s: float | None = None) -> dict[str, Any]:
     if accepted != n:
         raise SystemExit(f"{mode} at {workers} REPLs: {accepted}/{n} accepted")
     overhead = 1e3 * (workers * seconds / n - lean_s)
@@ -130,7 +132,8 @@ def _row(mode: str, workers: int, n: int, seconds: float, cpu_s: float, lean_s: 
             "requests_per_s": n / seconds, "ideal_requests_per_s": workers / lean_s,
             "overhead_ms": overhead, "standin_ms_per_request": standin_ms,
             "server_ms": overhead - standin_ms, **stand_in,
-            "cpu_ms_per_request": 1e3 * cpu_s / n}
+            "cpu_ms_per_request": 1e3 * cpu_s / n,
+            "client_cpu_ms_per_request": None if client_cpu_s is None else 1e3 * client_cpu_s / n}
 
 
 def _goals(rows: list[dict[str, Any]], workers: int) -> dict[str, Any]:
@@ -259,12 +262,12 @@ def _kimina_server(site: Path, rules: Path, workers: int, n: int, lean_s: float,
         _kimina_style(server.url, _requests(2 * workers, f"kwarm{workers}"))
         requests = _requests(n, f"kserver{workers}")
         timing.begin()
-        cpu, start = server.cpu(), time.perf_counter()
+        cpu, client, start = server.cpu(), _self_cpu(), time.perf_counter()
         valid = _kimina_style(server.url, requests)
         seconds = time.perf_counter() - start
         timing.finish()
         return _row("kimina_server", workers, n, seconds, server.cpu() - cpu, lean_s, valid,
-                    timing)
+                    timing, _self_cpu() - client)
     finally:
         server.close()
 
@@ -314,23 +317,23 @@ def _http(rules: Path, workers: int, n: int, lean_s: float,
         _kimina_style(server.url, _requests(2 * workers, f"warm{workers}"))
         requests = _requests(n, f"kimina{workers}")
         timing.begin()
-        cpu, start = server.cpu(), time.perf_counter()
+        cpu, client, start = server.cpu(), _self_cpu(), time.perf_counter()
         accepted = _kimina_style(server.url, requests)
         seconds = time.perf_counter() - start
         timing.finish()
         rows = [_row("http_kimina", workers, n, seconds, server.cpu() - cpu, lean_s, accepted,
-                     timing)]
+                     timing, _self_cpu() - client)]
         remote = RemoteVerifier(VerifierConfig(backend="remote", remote_urls=[server.url],
                                                remote_batch_size=KIMINA_BATCH))
         requests = _requests(n, f"remote{workers}")
         timing = timing.window()
         timing.begin()
-        cpu, start = server.cpu(), time.perf_counter()
+        cpu, client, start = server.cpu(), _self_cpu(), time.perf_counter()
         verdicts = remote.verify_batch(requests)
         seconds = time.perf_counter() - start
         timing.finish()
         rows.append(_row("http_remote", workers, n, seconds, server.cpu() - cpu, lean_s,
-                         sum(v.accepted for v in verdicts), timing))
+                         sum(v.accepted for v in verdicts), timing, _self_cpu() - client))
         return rows
     finally:
         server.close()
@@ -382,12 +385,13 @@ def main() -> None:
     print(f"stand-in REPL: {args.lean_ms:g} ms simulated check; {os.cpu_count()} CPUs; "
           f"kimina-ast-server: {report['kimina_server']}")
     print(f"{'mode':>13} {'REPLs':>5} {'req/s':>7} {'ideal':>6} {'ovh ms':>7} {'stand-in':>8} "
-          f"{'server':>7} {'gap med':>7} {'cpu ms/req':>10}")
+          f"{'server':>7} {'gap med':>7} {'cpu ms/req':>10} {'client cpu':>10}")
     for row in report["rows"]:
         print(f"{row['mode']:>13} {row['repls']:>5} {row['requests_per_s']:>7.1f} "
               f"{row['ideal_requests_per_s']:>6.1f} {row['overhead_ms']:>7.2f} "
               f"{row['standin_ms_per_request']:>8.2f} {row['server_ms']:>7.2f} "
-              f"{row['gap_median_ms'] or 0:>7.2f} {row['cpu_ms_per_request']:>10.2f}")
+              f"{row['gap_median_ms'] or 0:>7.2f} {row['cpu_ms_per_request']:>10.2f} "
+              f"{row['client_cpu_ms_per_request'] or 0:>10.2f}")
     for goal in report["goals"]:
         print(f"{goal['repls']} REPLs: in-process {goal['pool_server_ms']:.2f} ms (goal <= 1 ms)"
               + (f", HTTP {goal['http_vs_kimina']:.2f}x kimina-ast-server's (goal <= 0.5x)"
