@@ -56,6 +56,7 @@ _STDERR_TAIL_BYTES = 8192
 _OOM_RETURNCODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
 _OOM_STDERR_MARKERS = ("memory", "bad_alloc")
 _REAP_WAIT_S = 5.0
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _limit_address_space(limit_bytes: int) -> None:
@@ -93,6 +94,7 @@ class ReplProcess:
         self._unusable = False       # set after a protocol violation or a kill
         self._killed_by_client = False
         self._tree: list[psutil.Process] | None = None  # for rss_mb
+        self._statm: list[int] = []   # open /proc/PID/statm of the tree (Linux), for rss_mb
         self._lock = threading.Lock()  # orders start() against kill() from another thread
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -152,6 +154,11 @@ class ReplProcess:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        with self._lock:
+            statm, self._statm = self._statm, []
+        for fd in statm:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +174,8 @@ class ReplProcess:
 
         The tree is listed once, on the first call (listing children scans all of /proc);
         the pool first asks after the header import, when `lake env` has started the REPL.
+        On Linux each process's /proc/PID/statm stays open and is re-read (a few microseconds;
+        the pool asks after every command), elsewhere psutil asks.
         """
         if self._popen is None:
             return 0.0
@@ -176,6 +185,17 @@ class ReplProcess:
                 self._tree = [root, *root.children(recursive=True)]
             except psutil.Error:
                 return 0.0
+            with self._lock:
+                if not self._killed_by_client:
+                    for proc in self._tree:
+                        with contextlib.suppress(OSError):
+                            self._statm.append(os.open(f"/proc/{proc.pid}/statm", os.O_RDONLY))
+        if self._statm:
+            pages = 0
+            for fd in self._statm:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    pages += int(os.pread(fd, 256, 0).split()[1])   # resident pages
+            return pages * _PAGE_SIZE / 2**20
         total = 0
         for proc in self._tree:
             with contextlib.suppress(psutil.Error):
