@@ -80,7 +80,7 @@ def _requests(n: int, tag: str) -> list[VerifyRequest]:
     return out
 
 
-class _Timing:
+class StandinTiming:
     """The stand-ins' own timing lines (LEAN_STANDIN_TIMING) for one row's window. Creating
     one points the stand-ins started from now on (also by servers we start) at `folder`."""
 
@@ -90,9 +90,9 @@ class _Timing:
         os.environ["LEAN_STANDIN_TIMING"] = str(folder)
         self.start = self.end = 0.0
 
-    def window(self) -> _Timing:
+    def window(self) -> StandinTiming:
         """Another window over the same stand-ins."""
-        other = _Timing.__new__(_Timing)
+        other = StandinTiming.__new__(StandinTiming)
         other.folder, other.start, other.end = self.folder, 0.0, 0.0
         return other
 
@@ -120,7 +120,7 @@ class _Timing:
 
 
 def _row(mode: str, workers: int, n: int, seconds: float, cpu_s: float, lean_s: float,
-         accepted: int, timing: _Timing, client_cpu_s: float | None = None) -> dict[str, Any]:
+         accepted: int, timing: StandinTiming, client_cpu_s: float | None = None) -> dict[str, Any]:
     if accepted != n:
         raise SystemExit(f"{mode} at {workers} REPLs: {accepted}/{n} accepted")
     overhead = 1e3 * (workers * seconds / n - lean_s)
@@ -154,7 +154,7 @@ def _self_cpu() -> float:
 
 
 async def _pool(config: VerifierConfig, workers: int, n: int, lean_s: float,
-                timing: _Timing) -> dict[str, Any]:
+                timing: StandinTiming) -> dict[str, Any]:
     async with Verifier(config.model_copy(update={"workers": workers})) as verifier:
         await verifier.verify_many(_requests(2 * workers, f"warm{workers}"))
         requests = _requests(n, f"pool{workers}")
@@ -256,7 +256,7 @@ class _KiminaServer(_Server):
 
 
 def _kimina_server(site: Path, rules: Path, workers: int, n: int, lean_s: float,
-                   tmp: Path, timing: _Timing) -> dict[str, Any]:
+                   tmp: Path, timing: StandinTiming) -> dict[str, Any]:
     server = _KiminaServer(site, rules, workers, tmp)
     try:
         _kimina_style(server.url, _requests(2 * workers, f"kwarm{workers}"))
@@ -311,7 +311,7 @@ def _kimina_style(url: str, requests: list[VerifyRequest]) -> int:
 
 
 def _http(rules: Path, workers: int, n: int, lean_s: float,
-          timing: _Timing) -> list[dict[str, Any]]:
+          timing: StandinTiming) -> list[dict[str, Any]]:
     server = _Server(rules, workers)
     try:
         _kimina_style(server.url, _requests(2 * workers, f"warm{workers}"))
@@ -370,15 +370,15 @@ def main() -> None:
         for workers in args.repls:
             timing = Path(tmp) / f"timing-{workers}"
             report["rows"].append(asyncio.run(_pool(config, workers, args.requests, lean_s,
-                                                    _Timing(timing / "pool"))))
+                                                    StandinTiming(timing / "pool"))))
             write_json(report, args.out)
             report["rows"] += _http(rules, workers, args.requests, lean_s,
-                                    _Timing(timing / "http"))
+                                    StandinTiming(timing / "http"))
             write_json(report, args.out)
             if args.kimina_site is not None:
                 report["rows"].append(_kimina_server(args.kimina_site.resolve(), rules, workers,
                                                      args.requests, lean_s, Path(tmp),
-                                                     _Timing(timing / "kimina")))
+                                                     StandinTiming(timing / "kimina")))
             report["goals"].append(_goals(report["rows"], workers))
             write_json(report, args.out)
 
