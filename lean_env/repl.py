@@ -317,10 +317,11 @@ class ReplProcess:
         in_fd, out_fd, err_fd = popen.stdin.fileno(), popen.stdout.fileno(), popen.stderr.fileno()
         done: asyncio.Future[int] = loop.create_future()
         stderr_open = True
+        writing = False     # a writer callback is registered (the request outgrew the pipe)
         pending = memoryview(encode_request(payload))
 
         def write() -> None:
-            nonlocal pending
+            nonlocal pending, writing
             try:
                 written = os.write(in_fd, pending[:_READ_CHUNK])
             except BlockingIOError:
@@ -328,8 +329,9 @@ class ReplProcess:
             except BrokenPipeError:
                 written = len(pending)   # its exit shows up as EOF on stdout
             pending = pending[written:]
-            if not pending:
+            if not pending and writing:
                 loop.remove_writer(in_fd)
+                writing = False
 
         def read_stdout() -> None:
             if done.done():
@@ -362,6 +364,8 @@ class ReplProcess:
             if not done.done():
                 done.set_exception(self._timed_out(timeout_s))
 
+        # (Registering only what is needed: asyncio's add/remove of an fd it does not know
+        # goes through a KeyError, tens of microseconds per command.)
         loop.add_reader(out_fd, read_stdout)
         loop.add_reader(err_fd, read_stderr)
         timer = loop.call_later(timeout_s, expire)
@@ -369,12 +373,15 @@ class ReplProcess:
             write()
             if pending:
                 loop.add_writer(in_fd, write)
+                writing = True
             end = await done
         finally:
             timer.cancel()
             loop.remove_reader(out_fd)
-            loop.remove_reader(err_fd)
-            loop.remove_writer(in_fd)
+            if stderr_open:
+                loop.remove_reader(err_fd)
+            if writing:
+                loop.remove_writer(in_fd)
         if end < 0:
             # Describing the crash waits for the exit: in a thread. This request ends only
             # after it (it reads our stderr pipe, which must not be closed under it).
