@@ -19,7 +19,17 @@ Reported per row: requests/s, the ideal (REPLs / simulated check time), and the 
 request: REPLs x wall time / requests - simulated check time (time a REPL slot spends per
 request on anything but the check: pool, acceptance, JSON, HTTP, idle gaps), and the CPU
 seconds per request of the process that serves (this one for `pool`, the server process for
-HTTP; REPL processes excluded everywhere).
+HTTP; REPL processes excluded everywhere), and for HTTP rows the client's CPU per request (this
+process: kimina's client opens a new `httpx.Client` for every request, which on a loaded
+2-core machine can be what limits both servers' rows at 4 REPLs).
+
+The stand-in is not free either (it parses JSON, matches its rules, oversleeps), and its cost
+is neither ours nor kimina's: every stand-in of a row logs when it read each request and
+flushed its reply (`LEAN_STANDIN_TIMING`, see `lean_env.standin.server`), so each row also
+carries `standin_ms` (the stand-in's own time per request: busy time minus the simulated
+check), `server_ms` = overhead_ms - standin_ms (what the side under test costs: the figure
+the goals are about), and the idle gap at the REPL between a reply and the next request
+(`gap_median_ms`, `gap_mean_ms`).
 
     python -m benchmarks.serve [--out runs/bench/serve.json] [--requests 200] [--lean-ms 20]
                                [--kimina-site /tmp/kimina-site]
@@ -36,6 +46,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,14 +80,72 @@ def _requests(n: int, tag: str) -> list[VerifyRequest]:
     return out
 
 
+class StandinTiming:
+    """The stand-ins' own timing lines (LEAN_STANDIN_TIMING) for one row's window. Creating
+    one points the stand-ins started from now on (also by servers we start) at `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["LEAN_STANDIN_TIMING"] = str(folder)
+        self.start = self.end = 0.0
+
+    def window(self) -> StandinTiming:
+        """Another window over the same stand-ins."""
+        other = StandinTiming.__new__(StandinTiming)
+        other.folder, other.start, other.end = self.folder, 0.0, 0.0
+        return other
+
+    def begin(self) -> None:
+        self.start = time.monotonic()
+
+    def finish(self) -> None:
+        self.end = time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        """Per request in the window: the stand-in's own ms (busy minus simulated), and the
+        idle gaps at each REPL between a reply and the next request."""
+        own: list[float] = []
+        gaps: list[float] = []
+        for path in self.folder.glob("*.tsv"):
+            rows = sorted(tuple(map(float, line.split("\t")))
+                          for line in path.read_text().splitlines() if line.count("\t") == 2)
+            inside = [r for r in rows if r[0] >= self.start and r[1] <= self.end]
+            own += [done - read - slept for read, done, slept in inside]
+            gaps += [b[0] - a[1] for a, b in zip(inside, inside[1:], strict=False)]
+        return {"repl_commands": len(own),
+                "standin_ms": 1e3 * statistics.fmean(own) if own else None,
+                "gap_median_ms": 1e3 * statistics.median(gaps) if gaps else None,
+                "gap_mean_ms": 1e3 * statistics.fmean(gaps) if gaps else None}
+
+
 def _row(mode: str, workers: int, n: int, seconds: float, cpu_s: float, lean_s: float,
-         accepted: int) -> dict[str, Any]:
+         accepted: int, timing: StandinTiming, client_cpu_s: float | None = None) -> dict[str, Any]:
     if accepted != n:
         raise SystemExit(f"{mode} at {workers} REPLs: {accepted}/{n} accepted")
+    overhead = 1e3 * (workers * seconds / n - lean_s)
+    stand_in = timing.summary()
+    # The stand-in's cost per request, as seen from the REPL slots: its commands' own time
+    # spread over the requests (kimina may send more than one command per request).
+    standin_ms = (stand_in["standin_ms"] or 0.0) * stand_in["repl_commands"] / n
     return {"mode": mode, "repls": workers, "requests": n, "seconds": seconds,
             "requests_per_s": n / seconds, "ideal_requests_per_s": workers / lean_s,
-            "overhead_ms": 1e3 * (workers * seconds / n - lean_s),
-            "cpu_ms_per_request": 1e3 * cpu_s / n}
+            "overhead_ms": overhead, "standin_ms_per_request": standin_ms,
+            "server_ms": overhead - standin_ms, **stand_in,
+            "cpu_ms_per_request": 1e3 * cpu_s / n,
+            "client_cpu_ms_per_request": None if client_cpu_s is None else 1e3 * client_cpu_s / n}
+
+
+def _goals(rows: list[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """The issue's goals at one REPL count, on the server-side figures (stand-in excluded): at
+    most 1 ms in-process, and over HTTP (kimina's client) at most half of kimina-ast-server's."""
+    mine = {r["mode"]: r for r in rows if r["repls"] == workers}
+    kimina = mine.get("kimina_server")
+    ratio = (mine["http_kimina"]["server_ms"] / kimina["server_ms"]
+             if kimina is not None and kimina["server_ms"] > 0 else None)
+    return {"repls": workers, "pool_server_ms": mine["pool"]["server_ms"],
+            "pool_goal_met": mine["pool"]["server_ms"] <= 1.0,
+            "http_vs_kimina": ratio, "http_goal_met": None if ratio is None else ratio <= 0.5}
 
 
 def _self_cpu() -> float:
@@ -84,14 +153,18 @@ def _self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _pool(config: VerifierConfig, workers: int, n: int, lean_s: float) -> dict[str, Any]:
+async def _pool(config: VerifierConfig, workers: int, n: int, lean_s: float,
+                timing: StandinTiming) -> dict[str, Any]:
     async with Verifier(config.model_copy(update={"workers": workers})) as verifier:
         await verifier.verify_many(_requests(2 * workers, f"warm{workers}"))
         requests = _requests(n, f"pool{workers}")
+        timing.begin()
         cpu, start = _self_cpu(), time.perf_counter()
         verdicts = await verifier.verify_many(requests)
         seconds, cpu_s = time.perf_counter() - start, _self_cpu() - cpu
-    return _row("pool", workers, n, seconds, cpu_s, lean_s, sum(v.accepted for v in verdicts))
+        timing.finish()
+    return _row("pool", workers, n, seconds, cpu_s, lean_s, sum(v.accepted for v in verdicts),
+                timing)
 
 
 class _Server:
@@ -183,15 +256,18 @@ class _KiminaServer(_Server):
 
 
 def _kimina_server(site: Path, rules: Path, workers: int, n: int, lean_s: float,
-                   tmp: Path) -> dict[str, Any]:
+                   tmp: Path, timing: StandinTiming) -> dict[str, Any]:
     server = _KiminaServer(site, rules, workers, tmp)
     try:
         _kimina_style(server.url, _requests(2 * workers, f"kwarm{workers}"))
         requests = _requests(n, f"kserver{workers}")
-        cpu, start = server.cpu(), time.perf_counter()
+        timing.begin()
+        cpu, client, start = server.cpu(), _self_cpu(), time.perf_counter()
         valid = _kimina_style(server.url, requests)
-        return _row("kimina_server", workers, n, time.perf_counter() - start,
-                    server.cpu() - cpu, lean_s, valid)
+        seconds = time.perf_counter() - start
+        timing.finish()
+        return _row("kimina_server", workers, n, seconds, server.cpu() - cpu, lean_s, valid,
+                    timing, _self_cpu() - client)
     finally:
         server.close()
 
@@ -234,22 +310,30 @@ def _kimina_style(url: str, requests: list[VerifyRequest]) -> int:
         return sum(pool.map(post, batches))
 
 
-def _http(rules: Path, workers: int, n: int, lean_s: float) -> list[dict[str, Any]]:
+def _http(rules: Path, workers: int, n: int, lean_s: float,
+          timing: StandinTiming) -> list[dict[str, Any]]:
     server = _Server(rules, workers)
     try:
         _kimina_style(server.url, _requests(2 * workers, f"warm{workers}"))
         requests = _requests(n, f"kimina{workers}")
-        cpu, start = server.cpu(), time.perf_counter()
+        timing.begin()
+        cpu, client, start = server.cpu(), _self_cpu(), time.perf_counter()
         accepted = _kimina_style(server.url, requests)
-        rows = [_row("http_kimina", workers, n, time.perf_counter() - start,
-                     server.cpu() - cpu, lean_s, accepted)]
+        seconds = time.perf_counter() - start
+        timing.finish()
+        rows = [_row("http_kimina", workers, n, seconds, server.cpu() - cpu, lean_s, accepted,
+                     timing, _self_cpu() - client)]
         remote = RemoteVerifier(VerifierConfig(backend="remote", remote_urls=[server.url],
                                                remote_batch_size=KIMINA_BATCH))
         requests = _requests(n, f"remote{workers}")
-        cpu, start = server.cpu(), time.perf_counter()
+        timing = timing.window()
+        timing.begin()
+        cpu, client, start = server.cpu(), _self_cpu(), time.perf_counter()
         verdicts = remote.verify_batch(requests)
-        rows.append(_row("http_remote", workers, n, time.perf_counter() - start,
-                         server.cpu() - cpu, lean_s, sum(v.accepted for v in verdicts)))
+        seconds = time.perf_counter() - start
+        timing.finish()
+        rows.append(_row("http_remote", workers, n, seconds, server.cpu() - cpu, lean_s,
+                         sum(v.accepted for v in verdicts), timing, _self_cpu() - client))
         return rows
     finally:
         server.close()
@@ -277,29 +361,41 @@ def main() -> None:
         "kimina_client": package_version("kimina-ast-client"),
         "kimina_server": (f"kimina-ast-server from {args.kimina_site}" if args.kimina_site
                           else "not measured (no --kimina-site)"),
-        "rows": []}
+        "rows": [], "goals": []}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         rules = Path(tmp) / "rules.json"
         rules.write_text(json.dumps({"header_import_s": args.header_import_s, "rules": [
             {"name": "lean_time", "substring": "theorem bench_", "sleep_s": lean_s}]}))
         config = VerifierConfig(backend="standin", standin_rules=rules, max_uses=100_000)
         for workers in args.repls:
-            report["rows"].append(asyncio.run(_pool(config, workers, args.requests, lean_s)))
+            timing = Path(tmp) / f"timing-{workers}"
+            report["rows"].append(asyncio.run(_pool(config, workers, args.requests, lean_s,
+                                                    StandinTiming(timing / "pool"))))
             write_json(report, args.out)
-            report["rows"] += _http(rules, workers, args.requests, lean_s)
+            report["rows"] += _http(rules, workers, args.requests, lean_s,
+                                    StandinTiming(timing / "http"))
             write_json(report, args.out)
             if args.kimina_site is not None:
                 report["rows"].append(_kimina_server(args.kimina_site.resolve(), rules, workers,
-                                                     args.requests, lean_s, Path(tmp)))
-                write_json(report, args.out)
+                                                     args.requests, lean_s, Path(tmp),
+                                                     StandinTiming(timing / "kimina")))
+            report["goals"].append(_goals(report["rows"], workers))
+            write_json(report, args.out)
 
     print(f"stand-in REPL: {args.lean_ms:g} ms simulated check; {os.cpu_count()} CPUs; "
           f"kimina-ast-server: {report['kimina_server']}")
-    print(f"{'mode':>12} {'REPLs':>5} {'req/s':>8} {'ideal':>7} {'ovh ms':>7} {'cpu ms/req':>10}")
+    print(f"{'mode':>13} {'REPLs':>5} {'req/s':>7} {'ideal':>6} {'ovh ms':>7} {'stand-in':>8} "
+          f"{'server':>7} {'gap med':>7} {'cpu ms/req':>10} {'client cpu':>10}")
     for row in report["rows"]:
-        print(f"{row['mode']:>12} {row['repls']:>5} {row['requests_per_s']:>8.1f} "
-              f"{row['ideal_requests_per_s']:>7.1f} {row['overhead_ms']:>7.2f} "
-              f"{row['cpu_ms_per_request']:>10.2f}")
+        print(f"{row['mode']:>13} {row['repls']:>5} {row['requests_per_s']:>7.1f} "
+              f"{row['ideal_requests_per_s']:>6.1f} {row['overhead_ms']:>7.2f} "
+              f"{row['standin_ms_per_request']:>8.2f} {row['server_ms']:>7.2f} "
+              f"{row['gap_median_ms'] or 0:>7.2f} {row['cpu_ms_per_request']:>10.2f} "
+              f"{row['client_cpu_ms_per_request'] or 0:>10.2f}")
+    for goal in report["goals"]:
+        print(f"{goal['repls']} REPLs: in-process {goal['pool_server_ms']:.2f} ms (goal <= 1 ms)"
+              + (f", HTTP {goal['http_vs_kimina']:.2f}x kimina-ast-server's (goal <= 0.5x)"
+                 if goal["http_vs_kimina"] is not None else ""))
     print(f"wrote {args.out}")
 
 

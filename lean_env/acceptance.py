@@ -626,11 +626,21 @@ def lean_command(name: str, header: str, candidate: str, formal_statement: str) 
     """
     header_cmds = {tuple(t.text for t in c.tokens) for c in commands(code_tokens(tokenize(header)))}
     skip = _header_length(header, candidate)
-    text = "\n" * candidate.count("\n", 0, skip) + candidate[skip:]
-    for cmd in reversed(commands(code_tokens(tokenize(text, comments=True)))):
+    lines = candidate.count("\n", 0, skip)
+    text = "\n" * lines + candidate[skip:]
+    # The candidate's own tokens (lexed once, for precheck) past the header are text's, moved
+    # by `shift` characters: the lexer has no look-behind, and the lines and every column
+    # that decides where a command starts are the same. Unless a token runs across the
+    # header's end: then text is lexed as it is.
+    toks = tokenize(candidate, comments=True)
+    if any(t.start < skip < t.end for t in toks):
+        toks, shift = tokenize(text, comments=True), 0
+    else:
+        toks, shift = [t for t in toks if t.start >= skip], lines - skip
+    for cmd in reversed(commands(code_tokens(toks))):
         words = tuple(t.text for t in cmd.tokens)
         if cmd.keyword == "import" or (cmd.keyword in ("open", "set_option") and words in header_cmds):
-            start, end = cmd.tokens[0].start, cmd.tokens[-1].end
+            start, end = cmd.tokens[0].start + shift, cmd.tokens[-1].end + shift
             text = text[:start] + "\n" * text.count("\n", start, end) + text[end:]
     text = text.rstrip() + "\n\n"
     target = f"_root_.{_lean_name(name)}"

@@ -45,6 +45,7 @@ The lexer is total: any input yields tokens, and trouble is reported through `To
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -431,9 +432,24 @@ class _Lexer:
 
 def tokenize(source: str, *, comments: bool = False) -> list[Token]:
     """All tokens of `source`, including the code between the braces of strings (marked
-    `in_string`); comments (and doc comments) only when asked for."""
-    toks = _Lexer(source).run()
-    return [t for t in toks if comments or t.kind not in (Kind.COMMENT, Kind.DOC_COMMENT)]
+    `in_string`); comments (and doc comments) only when asked for.
+
+    A source is lexed once: the checks of one candidate (the service's snippet split,
+    `precheck`, `lean_command`) and every candidate of one problem header ask for the same
+    texts, so the last `_LEXED_CACHE` sources' tokens are kept (tokens are immutable; each
+    call gets a list of its own)."""
+    toks = _lexed(source)
+    if comments:
+        return list(toks)
+    return [t for t in toks if t.kind is not Kind.COMMENT and t.kind is not Kind.DOC_COMMENT]
+
+
+_LEXED_CACHE = 256
+
+
+@functools.lru_cache(maxsize=_LEXED_CACHE)
+def _lexed(source: str) -> tuple[Token, ...]:
+    return tuple(_Lexer(source).run())
 
 
 def code_tokens(tokens: list[Token]) -> list[Token]:

@@ -27,8 +27,12 @@ A process checked in goes straight to the first request waiting for its header (
 hop, no wake-up of every waiter: with hundreds of requests queued, as behind the HTTP service,
 waking them all cost more CPU per request than the rest of the pool).
 
-Concurrency: the pool lives on one asyncio event loop; blocking REPL I/O runs in the pool's
-own thread pool, so the loop never blocks. Used with `async with`, it runs on the caller's
+Concurrency: the pool lives on one asyncio event loop. Commands are written and their replies
+read by the loop itself (`ReplProcess.acommand`: readiness callbacks on the pipes, no thread
+hop); a process checked in goes to the waiting request at once, and the request that returned
+it yields once so that the next command is on its way to the REPL before the returned reply
+is judged. Starts (header imports), closes and leases' blocking calls run in the pool's own
+thread pool, so the loop never blocks. Used with `async with`, it runs on the caller's
 loop; used with plain `with`, it runs its loop in a thread of its own and the sync methods
 (`run_sync`, `run_batch`, `lease`) submit to it. No process outlives the pool: closing it
 kills every process group it started, also after errors and cancellations.
@@ -137,7 +141,7 @@ class _Repl:
     header: str
     env: int | None = None
     rss_mb: float = 0.0
-    inflight: asyncio.Future[Any] | None = None   # the worker thread now using `process`
+    inflight: asyncio.Future[Any] | None = None   # the thread or command now using `process`
     idle_since: float = 0.0                       # time.monotonic() of the last check-in
 
     @property
@@ -314,13 +318,8 @@ class ReplPool:
             env = repl.env
             text, moved = _with_prelude(prelude, code) if prelude and repl.header == key \
                 else (code, 0)
-
-            def call(process: ReplProcess, env: int | None = env,
-                     text: str = text) -> CommandResponse | ErrorReply:
-                return process.command(text, env=env, timeout_s=limit, **options)
-
             try:
-                reply, seconds = await self._run_on(repl, call)
+                reply, seconds = await self._run_on(repl, text, env, limit, options)
             except ReplTimeoutError:
                 self._counts["timeouts"] += 1
                 self._discard(repl)
@@ -338,7 +337,10 @@ class ReplPool:
                 last_error = ReplProtocolError(f"REPL forgot header env {env}: {reply.message}")
                 continue
             self._counts["served"] += 1
-            self._checkin(repl)
+            if self._checkin(repl):
+                # Handed to a waiting request: let it send its command before this one's
+                # reply is judged (and before the caller's next static checks run).
+                await asyncio.sleep(0)
             return _moved_back(reply, moved), seconds
         assert last_error is not None
         raise last_error
@@ -474,22 +476,28 @@ class ReplPool:
             repl.inflight = future
         return await asyncio.shield(future)
 
-    async def _run_on(self, repl: _Repl, fn: Callable[[ReplProcess], T]) -> tuple[T, float]:
-        """`fn(process)` in a worker thread; returns its result and its duration in seconds."""
-
-        def timed() -> tuple[T, float]:
-            start = time.perf_counter()
-            result = fn(repl.process)
-            seconds = time.perf_counter() - start
-            repl.rss_mb = repl.process.rss_mb()  # here, not on the loop: psutil reads /proc
-            return result, seconds
-
+    async def _run_on(self, repl: _Repl, text: str, env: int | None, limit: float,
+                      options: dict[str, Any]) -> tuple[CommandResponse | ErrorReply, float]:
+        """One command on `repl`'s process, on the loop; its reply and the seconds it took."""
+        assert self._loop is not None
+        using = self._loop.create_future()   # done when nothing touches the pipes any more
+        self._in_worker.add(using)
+        repl.inflight = using
+        start = time.perf_counter()
         try:
-            return await self._to_thread(timed, repl=repl)
+            reply = await repl.process.acommand(text, env=env, timeout_s=limit, **options)
+            seconds = time.perf_counter() - start
         except asyncio.CancelledError:
             repl.process.kill()
             self._discard(repl)
             raise
+        finally:
+            using.set_result(None)
+            self._in_worker.discard(using)
+        # Resident memory, for max_rss_mb: two small /proc reads (the process tree was
+        # listed after the header import, in a thread).
+        repl.rss_mb = repl.process.rss_mb()
+        return reply, seconds
 
     async def _checkout(self, header: str, *, import_timeout_s: float | None = None,
                         whole: str | None = None) -> _Repl:
@@ -570,7 +578,9 @@ class ReplPool:
 
         def start_and_import() -> CommandResponse | ErrorReply:
             repl.process.start()
-            return repl.process.command(repl.header, timeout_s=limit)
+            reply = repl.process.command(repl.header, timeout_s=limit)
+            repl.rss_mb = repl.process.rss_mb()   # lists the process tree, off the loop
+            return reply
 
         try:
             try:
@@ -588,24 +598,26 @@ class ReplPool:
         repl.env = reply.env
         self._counts["started"] += 1
 
-    def _checkin(self, repl: _Repl) -> None:
-        """Back to idle, or retired (and replaced) if worn out."""
+    def _checkin(self, repl: _Repl) -> bool:
+        """Back to idle, or retired (and replaced) if worn out. True when it went straight
+        to a waiting request."""
         if self._closing:
             self._discard(repl, replace=False)
-            return
+            return False
         if repl.commands >= self.config.max_uses or repl.rss_mb > self.config.max_rss_mb:
             self._counts["recycled"] += 1
             self._discard(repl)
-            return
+            return False
         for entry in self._waiters:
             key, whole, waiter = entry
             if repl.header in (key, whole) and not waiter.done():
                 self._waiters.remove(entry)
                 waiter.set_result(repl)   # straight to the first waiter for it: never idle
-                return
+                return True
         repl.idle_since = time.monotonic()
         self._idle.setdefault(repl.header, []).append(repl)
         self._wake_one()   # a waiter of another header may evict it
+        return False
 
     def _discard(self, repl: _Repl, *, replace: bool = True) -> None:
         """Retire a process: close it in the background and, unless closing, start a spare."""

@@ -1,4 +1,5 @@
-"""One leanprover-community/repl process, driven synchronously (LeanDojo's `Dojo` style).
+"""One leanprover-community/repl process, driven synchronously (LeanDojo's `Dojo` style) or
+from an asyncio event loop (`acommand`: the pool's way).
 
 `ReplProcess` owns one REPL subprocess inside a `with` block: it starts it in its own
 process group (so a kill reaches `lake env`'s child too), caps its address space with
@@ -9,6 +10,9 @@ The REPL has no per-command timeout, so the wall-clock limit is ours: the reply 
 with `selectors` on the pipes (never `signal.alarm`, which is process-global and breaks
 pools and threads), and on expiry the whole process group gets SIGKILL. stderr is drained
 while waiting, so a chatty REPL cannot deadlock on a full pipe. No thread is started here.
+`arequest`/`acommand` do the same on the running event loop: the request is written and the
+reply read by the loop's own readiness callbacks on the pipes (no thread hop per request; only
+describing a crash, which waits for the exit, runs in a thread), and a timer kills on expiry.
 
 Outcomes of Lean are values (`CommandResponse`, `TacticResponse`, `ErrorReply`); failures of
 the process are typed exceptions (`lean_env.errors`): `ReplTimeoutError`, `ReplCrashedError`
@@ -18,6 +22,7 @@ process is dead or considered unusable (`alive` is False).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -51,6 +56,7 @@ _STDERR_TAIL_BYTES = 8192
 _OOM_RETURNCODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
 _OOM_STDERR_MARKERS = ("memory", "bad_alloc")
 _REAP_WAIT_S = 5.0
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _limit_address_space(limit_bytes: int) -> None:
@@ -83,10 +89,12 @@ class ReplProcess:
         self.uses = 0
         self._popen: subprocess.Popen[bytes] | None = None
         self._stdout_buf = bytearray()
+        self._scan_from = 0          # where the reply delimiter may start in _stdout_buf
         self._stderr_tail = bytearray()
         self._unusable = False       # set after a protocol violation or a kill
         self._killed_by_client = False
         self._tree: list[psutil.Process] | None = None  # for rss_mb
+        self._statm: list[int] = []   # open /proc/PID/statm of the tree (Linux), for rss_mb
         self._lock = threading.Lock()  # orders start() against kill() from another thread
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,6 +154,11 @@ class ReplProcess:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        with self._lock:
+            statm, self._statm = self._statm, []
+        for fd in statm:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @property
     def pid(self) -> int | None:
@@ -161,6 +174,8 @@ class ReplProcess:
 
         The tree is listed once, on the first call (listing children scans all of /proc);
         the pool first asks after the header import, when `lake env` has started the REPL.
+        On Linux each process's /proc/PID/statm stays open and is re-read (a few microseconds;
+        the pool asks after every command), elsewhere psutil asks.
         """
         if self._popen is None:
             return 0.0
@@ -170,6 +185,17 @@ class ReplProcess:
                 self._tree = [root, *root.children(recursive=True)]
             except psutil.Error:
                 return 0.0
+            with self._lock:
+                if not self._killed_by_client:
+                    for proc in self._tree:
+                        with contextlib.suppress(OSError):
+                            self._statm.append(os.open(f"/proc/{proc.pid}/statm", os.O_RDONLY))
+        if self._statm:
+            pages = 0
+            for fd in self._statm:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    pages += int(os.pread(fd, 256, 0).split()[1])   # resident pages
+            return pages * _PAGE_SIZE / 2**20
         total = 0
         for proc in self._tree:
             with contextlib.suppress(psutil.Error):
@@ -182,13 +208,8 @@ class ReplProcess:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def request(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
-        """Send one request and return the raw reply dict.
-
-        Raises ReplTimeoutError (no reply within `timeout_s` seconds; the group was killed),
-        ReplCrashedError (the process exited mid-request), ReplProtocolError (not a JSON
-        object; the process is killed, as its stream can no longer be trusted).
-        """
+    def _begin(self) -> subprocess.Popen[bytes]:
+        """Checks before a request: started, usable, nothing unasked-for on stdout."""
         popen = self._popen
         if popen is None:
             raise ReplStartError("REPL not started")
@@ -199,6 +220,49 @@ class ReplProcess:
             raise ReplProtocolError(
                 f"REPL wrote output between requests: {bytes(self._stdout_buf[:200])!r}")
         self._stdout_buf.clear()
+        self._scan_from = 0
+        return popen
+
+    def _reply_end(self) -> int:
+        """Offset of the blank line that ends the reply in `_stdout_buf`, or -1."""
+        if self._stdout_buf[:1].isspace():
+            # Newlines left over from the previous reply's terminator.
+            self._stdout_buf[:] = self._stdout_buf.lstrip()
+            self._scan_from = 0
+        end = self._stdout_buf.find(b"\n\n", self._scan_from)
+        if end < 0:
+            # The delimiter may straddle two reads: rescan from one byte back.
+            self._scan_from = max(len(self._stdout_buf) - 1, 0)
+        return end
+
+    def _finish(self, end: int) -> dict[str, Any]:
+        """The reply that ends at `end`, decoded; the buffer keeps what follows it."""
+        text = bytes(self._stdout_buf[:end])
+        del self._stdout_buf[:end + 2]
+        # Lean may end a reply with more than one newline; what follows is only whitespace.
+        if not self._stdout_buf.strip():
+            self._stdout_buf.clear()
+        try:
+            reply = decode_reply(text.decode("utf-8"))
+        except (UnicodeDecodeError, ReplProtocolError) as exc:
+            self.kill()
+            raise ReplProtocolError(f"REPL wrote non-JSON output: {text[:200]!r}") from exc
+        self.uses += 1
+        return reply
+
+    def _timed_out(self, timeout_s: float) -> ReplTimeoutError:
+        self.kill()
+        return ReplTimeoutError(f"REPL gave no reply within {timeout_s:g} s; process group killed",
+                                limit_s=timeout_s)
+
+    def request(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """Send one request and return the raw reply dict.
+
+        Raises ReplTimeoutError (no reply within `timeout_s` seconds; the group was killed),
+        ReplCrashedError (the process exited mid-request), ReplProtocolError (not a JSON
+        object; the process is killed, as its stream can no longer be trusted).
+        """
+        popen = self._begin()
         assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
         pending = memoryview(encode_request(payload))
         deadline = time.monotonic() + timeout_s
@@ -206,23 +270,13 @@ class ReplProcess:
             sel.register(popen.stdin, selectors.EVENT_WRITE)
             sel.register(popen.stdout, selectors.EVENT_READ)
             sel.register(popen.stderr, selectors.EVENT_READ)
-            scan_from = 0
             while True:
-                if self._stdout_buf[:1].isspace():
-                    # Newlines left over from the previous reply's terminator.
-                    self._stdout_buf[:] = self._stdout_buf.lstrip()
-                    scan_from = 0
-                end = self._stdout_buf.find(b"\n\n", scan_from)
+                end = self._reply_end()
                 if end >= 0:
                     break
-                # The delimiter may straddle two reads: rescan from one byte back.
-                scan_from = max(len(self._stdout_buf) - 1, 0)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self.kill()
-                    raise ReplTimeoutError(
-                        f"REPL gave no reply within {timeout_s:g} s; process group killed",
-                        limit_s=timeout_s)
+                    raise self._timed_out(timeout_s)
                 for key, _ in sel.select(remaining):
                     if key.fileobj is popen.stdin:
                         try:
@@ -238,7 +292,9 @@ class ReplProcess:
                     elif key.fileobj is popen.stdout:
                         chunk = os.read(popen.stdout.fileno(), _READ_CHUNK)
                         if not chunk:
-                            raise self._crashed(sel)
+                            stderr_open = any(k.fileobj is popen.stderr
+                                              for k in sel.get_map().values())
+                            raise self._crashed(stderr_open)
                         self._stdout_buf += chunk
                     else:
                         chunk = os.read(popen.stderr.fileno(), _READ_CHUNK)
@@ -246,18 +302,97 @@ class ReplProcess:
                             self._keep_stderr(chunk)
                         else:
                             sel.unregister(popen.stderr)
-        text = bytes(self._stdout_buf[:end])
-        del self._stdout_buf[:end + 2]
-        # Lean may end a reply with more than one newline; what follows is only whitespace.
-        if not self._stdout_buf.strip():
-            self._stdout_buf.clear()
+        return self._finish(end)
+
+    async def arequest(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """`request` on the running event loop: same reply, same exceptions.
+
+        The loop's reader callbacks collect the reply as it arrives (stderr is drained the
+        same way) and a timer kills the group at `timeout_s`. Cancelling the caller leaves
+        the process mid-request: the caller must kill or discard it (the pool does).
+        """
+        popen = self._begin()
+        assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+        loop = asyncio.get_running_loop()
+        in_fd, out_fd, err_fd = popen.stdin.fileno(), popen.stdout.fileno(), popen.stderr.fileno()
+        done: asyncio.Future[int] = loop.create_future()
+        stderr_open = True
+        writing = False     # a writer callback is registered (the request outgrew the pipe)
+        pending = memoryview(encode_request(payload))
+
+        def write() -> None:
+            nonlocal pending, writing
+            try:
+                written = os.write(in_fd, pending[:_READ_CHUNK])
+            except BlockingIOError:
+                written = 0
+            except BrokenPipeError:
+                written = len(pending)   # its exit shows up as EOF on stdout
+            pending = pending[written:]
+            if not pending and writing:
+                loop.remove_writer(in_fd)
+                writing = False
+
+        def read_stdout() -> None:
+            if done.done():
+                return
+            try:
+                chunk = os.read(out_fd, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            if not chunk:
+                done.set_result(-1)        # EOF: the process is gone
+                return
+            self._stdout_buf += chunk
+            end = self._reply_end()
+            if end >= 0:
+                done.set_result(end)
+
+        def read_stderr() -> None:
+            nonlocal stderr_open
+            try:
+                chunk = os.read(err_fd, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            if chunk:
+                self._keep_stderr(chunk)
+            else:
+                stderr_open = False
+                loop.remove_reader(err_fd)
+
+        def expire() -> None:
+            if not done.done():
+                done.set_exception(self._timed_out(timeout_s))
+
+        # (Registering only what is needed: asyncio's add/remove of an fd it does not know
+        # goes through a KeyError, tens of microseconds per command.)
+        loop.add_reader(out_fd, read_stdout)
+        loop.add_reader(err_fd, read_stderr)
+        timer = loop.call_later(timeout_s, expire)
         try:
-            reply = decode_reply(text.decode("utf-8"))
-        except (UnicodeDecodeError, ReplProtocolError) as exc:
-            self.kill()
-            raise ReplProtocolError(f"REPL wrote non-JSON output: {text[:200]!r}") from exc
-        self.uses += 1
-        return reply
+            write()
+            if pending:
+                loop.add_writer(in_fd, write)
+                writing = True
+            end = await done
+        finally:
+            timer.cancel()
+            loop.remove_reader(out_fd)
+            if stderr_open:
+                loop.remove_reader(err_fd)
+            if writing:
+                loop.remove_writer(in_fd)
+        if end < 0:
+            # Describing the crash waits for the exit: in a thread. This request ends only
+            # after it (it reads our stderr pipe, which must not be closed under it).
+            describe = loop.run_in_executor(None, self._crashed, stderr_open)
+            try:
+                crash = await asyncio.shield(describe)
+            except asyncio.CancelledError:
+                await asyncio.wait([describe])
+                raise
+            raise crash
+        return self._finish(end)
 
     def command(self, cmd: str, *, env: int | None = None, timeout_s: float,
                 **options: Any) -> CommandResponse | ErrorReply:
@@ -269,6 +404,14 @@ class ReplProcess:
         if env is not None:
             payload["env"] = env
         return parse_command_reply(self.request(payload, timeout_s=timeout_s))
+
+    async def acommand(self, cmd: str, *, env: int | None = None, timeout_s: float,
+                       **options: Any) -> CommandResponse | ErrorReply:
+        """`command` on the running event loop (see `arequest`)."""
+        payload: dict[str, Any] = {"cmd": cmd, **options}
+        if env is not None:
+            payload["env"] = env
+        return parse_command_reply(await self.arequest(payload, timeout_s=timeout_s))
 
     def tactic(self, tactic: str, proof_state: int, *, timeout_s: float) -> TacticResponse:
         """Run one tactic against a proof state (tactic mode)."""
@@ -305,8 +448,9 @@ class ReplProcess:
         self._stderr_tail += chunk
         del self._stderr_tail[:-_STDERR_TAIL_BYTES]
 
-    def _crashed(self, sel: selectors.BaseSelector) -> ReplCrashedError:
-        """stdout closed mid-request: reap the process, collect stderr, describe the exit."""
+    def _crashed(self, stderr_open: bool) -> ReplCrashedError:
+        """stdout closed mid-request: reap the process, collect stderr (while `stderr_open`),
+        describe the exit. Blocks up to a few seconds (waits for the exit)."""
         popen = self._popen
         assert popen is not None and popen.stderr is not None
         killed_by_client = self._killed_by_client
@@ -315,7 +459,7 @@ class ReplProcess:
         except subprocess.TimeoutExpired:
             returncode = None
         self.kill()  # grandchildren of the group, and mark unusable
-        if any(key.fileobj is popen.stderr for key in sel.get_map().values()):
+        if stderr_open:
             # Whatever the process said on its way out (std::bad_alloc, a Lean panic).
             with selectors.DefaultSelector() as err_sel:
                 err_sel.register(popen.stderr, selectors.EVENT_READ)

@@ -15,7 +15,8 @@ when the service has an API key):
   GET  /metrics     Prometheus text: requests, verdicts by outcome, queue depth, REPL
                     starts/crashes/timeouts/recycles, resident memory.
 
-A kimina snippet is a whole Lean file; it is checked as its own problem (the file's leading
+Replies are plain JSON values built here and sent as `JSONResponse` (FastAPI's generic
+encoder walked every verdict again). A kimina snippet is a whole Lean file; it is checked as its own problem (the file's leading
 import/set_option/open lines are the header, its last theorem the statement, as `prover lean
 check` reads a file), so our acceptance rules apply: a proof we reject comes back with an error
 message (or a `sorries` entry), so a kimina client counts it as failed, never as valid. A
@@ -353,8 +354,8 @@ def create_app(verifier: Any, config: ServiceConfig, *, prewarm: Sequence[str] =
         out = await run("/v1/verify", request, list(requests))
         if isinstance(out, Response):
             return out
-        return {"verdicts": [v.to_json() for v in out if v is not None],
-                "checked_by": getattr(verifier, "checked_by", None)}
+        return JSONResponse({"verdicts": [v.to_json() for v in out if v is not None],
+                             "checked_by": getattr(verifier, "checked_by", None)})
 
     def no_theorem() -> dict[str, Any]:
         return {"time": 0.0, "error": "no theorem or lemma to check in this snippet (this "
@@ -364,8 +365,9 @@ def create_app(verifier: Any, config: ServiceConfig, *, prewarm: Sequence[str] =
         out = await run(request.url.path, request, [snippet_request(s.code) for s in body.snippets])
         if isinstance(out, Response):
             return out
-        return {"results": [{"id": s.id, **(no_theorem() if v is None else kimina_result(v))}
-                            for s, v in zip(body.snippets, out, strict=True)]}
+        return JSONResponse({"results": [
+            {"id": s.id, **(no_theorem() if v is None else kimina_result(v))}
+            for s, v in zip(body.snippets, out, strict=True)]})
 
     app.post("/api/check", dependencies=guard)(check)
     app.post("/check", dependencies=guard)(check)
@@ -387,7 +389,7 @@ def create_app(verifier: Any, config: ServiceConfig, *, prewarm: Sequence[str] =
             if "verdict" in one:
                 row["verdict"] = one["verdict"]
             results.append(row)
-        return {"results": results}
+        return JSONResponse({"results": results})
 
     @app.get("/health")
     async def health() -> Any:

@@ -5,6 +5,13 @@ against it: requests are JSON objects ended by a blank line on stdin, replies th
 stdout; env ids and proof-state ids count up from 0 and stay valid for the life of the
 process; empty lists are omitted from command replies. What Lean would compute (messages,
 goals, axioms) comes from the rule table (`lean_env.standin.rules`) instead.
+
+Timing (benchmarks): with `LEAN_STANDIN_TIMING=DIR` in its environment, each process appends
+one line per request to `DIR/PID.tsv`: when the request's blank line was read, when the reply
+was flushed (both `time.monotonic()`, comparable across processes on one machine) and the
+seconds it slept on purpose (simulated Lean). A benchmark then tells the stand-in's own cost
+per request (busy time minus the simulated time) from the client's (the gaps between a reply
+and the next request).
 """
 
 from __future__ import annotations
@@ -104,6 +111,7 @@ class StandinRepl:
         self._next_env = 0
         self._next_proof_state = 0
         self._hoard: list[bytearray] = []   # memory kept on purpose (grow_mb)
+        self.simulated_s = 0.0              # seconds slept on purpose for the current request
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -150,6 +158,7 @@ class StandinRepl:
         if rule is None:
             return None
         if rule.sleep_s:
+            self.simulated_s += rule.sleep_s
             time.sleep(rule.sleep_s)
         if rule.stderr_kb:
             sys.stderr.write((("stand-in chatter " * 64)[:1023] + "\n") * rule.stderr_kb)
@@ -203,6 +212,7 @@ class StandinRepl:
         imports = _IMPORT.search(text)
         self._log("import" if env is None and imports else "command", env=env)
         if env is None and imports and self.table.header_import_s:
+            self.simulated_s += self.table.header_import_s
             time.sleep(self.table.header_import_s)
         rule = self.table.match(text, "command")
         fault = self._apply_effects(rule)
@@ -306,6 +316,7 @@ class StandinRepl:
         if isinstance(found, Exception):
             return {"message": f"Lean error:\ncannot unpickle {path}: {found}"}
         # Unpickling still pays the header's import (REPL_PROTOCOL.md, Pickling).
+        self.simulated_s += self.table.header_import_s
         time.sleep(self.table.header_import_s)
         return {"env": self._new_env()}
 
@@ -328,8 +339,17 @@ def _encode(reply: dict[str, Any] | str) -> str:
     return text + "\n\n"
 
 
+def _timing_fd() -> int | None:
+    """The file this process appends its timing lines to (LEAN_STANDIN_TIMING), if asked."""
+    folder = os.environ.get("LEAN_STANDIN_TIMING")
+    if not folder:
+        return None
+    return os.open(Path(folder) / f"{os.getpid()}.tsv", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
 def serve(repl: StandinRepl, stdin: IO[str]) -> None:
     """Read blank-line-separated requests until EOF and answer each (the REPL's main loop)."""
+    timing = _timing_fd()
     lines: list[str] = []
     for line in stdin:
         if line.strip():
@@ -337,6 +357,8 @@ def serve(repl: StandinRepl, stdin: IO[str]) -> None:
             continue
         if not lines:
             continue
+        read_at = time.monotonic()
+        repl.simulated_s = 0.0
         block, lines = "".join(lines), []
         try:
             request = json.loads(block)
@@ -347,3 +369,6 @@ def serve(repl: StandinRepl, stdin: IO[str]) -> None:
                 "message": "Could not parse JSON:\nexpected an object"}
         repl.out.write(_encode(reply))
         repl.out.flush()
+        if timing is not None:
+            os.write(timing, f"{read_at:.6f}\t{time.monotonic():.6f}\t{repl.simulated_s:.6f}\n"
+                     .encode())

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from lean_env.acceptance import LeanCommand, judge, lean_command, precheck, statement_text
+from lean_env.commands import commands
+from lean_env.lexer import code_tokens, tokenize
 from lean_env.protocol import CommandResponse, ErrorReply, Sorry, parse_command_reply
 from lean_env.verdict import Accepted, LeanMessage, NotChecked, Rejected, RejectReason
 
@@ -245,6 +247,34 @@ def test_pattern_matching_and_abs_statements() -> None:
 def test_no_code_is_not_checked(candidate: str) -> None:
     verdict = precheck("t", HEADER, STATEMENT, candidate, checked_by=BY)
     assert isinstance(verdict, NotChecked) and verdict.cause == "no_code", verdict
+
+
+def test_lean_command_reuses_the_candidates_tokens_only_where_they_are_the_texts() -> None:
+    # lean_command blanks header lines found in the candidate's own tokens (lexed once) past
+    # the header; the result must be what lexing the header-less text finds.
+    after = [
+        "set_option maxHeartbeats 400000\n" + PROOF,        # kept: not the header's
+        "\nimport Mathlib\n" + PROOF,                      # repeated import: blanked
+        "\nopen BigOperators Real Nat Topology Rat\n" + PROOF,   # repeats the header's open
+        " -- same line as the header's end\n" + PROOF,
+        "Foo\nimport Aesop\n" + PROOF,                     # runs the header's last word on
+        '\n/- "a comment -/ import X\n' + PROOF,
+    ]
+    for tail in after:
+        file = HEADER.rstrip() + tail
+        skip = len(HEADER.rstrip())
+        text = "\n" * file.count("\n", 0, skip) + file[skip:]
+        header_cmds = {tuple(t.text for t in c.tokens)
+                       for c in commands(code_tokens(tokenize(HEADER)))}
+        for cmd in reversed(commands(code_tokens(tokenize(text, comments=True)))):
+            words = tuple(t.text for t in cmd.tokens)
+            if cmd.keyword == "import" or (cmd.keyword in ("open", "set_option")
+                                           and words in header_cmds):
+                start, end = cmd.tokens[0].start, cmd.tokens[-1].end
+                text = text[:start] + "\n" * text.count("\n", start, end) + text[end:]
+        got = lean_command("t", HEADER, file, STATEMENT).text
+        assert got.startswith(text.rstrip() + "\n\n#print axioms"), (tail, got, text)
+    assert "import" not in lean_command("t", HEADER, HEADER.rstrip() + after[1], STATEMENT).text
 
 
 def test_lean_command_strips_header_and_appends_the_checks() -> None:

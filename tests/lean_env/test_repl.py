@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import shlex
 import sys
@@ -193,3 +194,75 @@ def test_framing_tolerates_multiline_json_and_extra_blank_lines():
         envs = [repl.command(f"theorem t{i} : True := trivial", env=0, timeout_s=10)
                 for i in range(3)]
     assert envs == [CommandResponse(env=i) for i in range(3)], envs
+
+
+# -- the event-loop path (`acommand`, what the pool uses): same replies, same failures ----------
+
+
+def test_acommand_round_trips_floods_and_framing(make_standin):
+    async def run() -> None:
+        with _repl(make_standin("basic.json").argv) as repl:
+            env = _header_env(repl)
+            ok = await repl.acommand("theorem t (a : ℕ) : a = a := rfl\n\n#print axioms t",
+                                     env=env, timeout_s=10)
+            assert isinstance(ok, CommandResponse) and ok.env == env + 1, ok
+            assert [(m.severity, m.line) for m in ok.messages] == [("info", 3)], ok
+            big = "-- " + "x" * (1 << 20) + "\ntheorem big : True := trivial"
+            assert isinstance(await repl.acommand(big, env=env, timeout_s=10), CommandResponse)
+            chatty = await repl.acommand("theorem chatty_1 : True := trivial", env=env,
+                                         timeout_s=10)
+            assert isinstance(chatty, CommandResponse) and chatty.env is not None, chatty
+            assert "stand-in chatter" in repl.stderr_tail
+            # Sync and async requests share one framing state.
+            assert repl.command("theorem s : True := trivial", env=env, timeout_s=10).env \
+                == env + 4
+            assert repl.uses == 5, repl.uses
+
+    asyncio.run(run())
+
+
+def test_acommand_timeout_crash_and_garbage_are_typed(make_standin):
+    argv = make_standin("basic.json").argv
+
+    async def run() -> None:
+        with _repl(argv) as repl:
+            env = _header_env(repl)
+            start = time.monotonic()
+            with pytest.raises(ReplTimeoutError) as timeout:
+                await repl.acommand("theorem hang_1 : True := trivial", env=env, timeout_s=0.3)
+            elapsed = time.monotonic() - start
+            assert timeout.value.limit_s == 0.3 and 0.3 <= elapsed < 2.0, elapsed
+            assert not repl.alive
+        with _repl(argv) as repl:
+            env = _header_env(repl)
+            with pytest.raises(ReplCrashedError) as crash:
+                await repl.acommand("theorem crash_1 : True := trivial", env=env, timeout_s=10)
+            assert crash.value.returncode == 1 and "injected crash" in crash.value.stderr_tail, \
+                (crash.value, crash.value.stderr_tail)
+        with _repl(argv) as repl:
+            env = _header_env(repl)
+            with pytest.raises(ReplProtocolError, match="non-JSON"):
+                await repl.acommand("theorem garbage_1 : True := trivial", env=env, timeout_s=10)
+            assert not repl.alive
+
+    asyncio.run(run())
+
+
+def test_cancelled_acommand_leaves_no_callbacks_on_the_loop(make_standin):
+    async def run() -> None:
+        with _repl(make_standin("basic.json").argv) as repl:
+            env = _header_env(repl)
+            task = asyncio.ensure_future(
+                repl.acommand("theorem hang_1 : True := trivial", env=env, timeout_s=30))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            loop = asyncio.get_running_loop()
+            fds = [p.fileno() for p in (repl._popen.stdin, repl._popen.stdout,  # type: ignore[union-attr]
+                                        repl._popen.stderr)]  # type: ignore[union-attr]
+            # The loop's selector knows none of the pipes any more (remove_* says False).
+            assert not any(loop.remove_reader(fd) or loop.remove_writer(fd) for fd in fds), fds
+            repl.kill()
+
+    asyncio.run(run())
