@@ -130,7 +130,7 @@ def test_tactic_statement_that_fails_gives_no_episodes(verifier: Verifier) -> No
 
 def test_tactic_context_budget_truncates(verifier: Verifier) -> None:
     engine = TokenScriptEngine()
-    root_len = len(TOKENIZER(f"[GOAL]⊢ b = a[PROOFSTEP]")["input_ids"])
+    root_len = len(TOKENIZER("[GOAL]⊢ b = a[PROOFSTEP]")["input_ids"])
     (e,) = tactic_episodes([problem()], engine, repl_sessions(verifier), TOKENIZER,  # type: ignore[arg-type]
                            SamplingConfig(n=1, max_tokens=16, seed=3), budget=TacticBudget(turns=8, max_tokens=root_len + 20))
     assert e.truncated and e.outcome == "rejected:incomplete" and e.reward == 0.0, e
