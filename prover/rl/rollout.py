@@ -204,20 +204,37 @@ class TacticBudget:
 def tactic_episodes(problems: Sequence[Problem], engine: GenerationEngine, sessions: SessionFactory,
                     tokenizer: _Tokenizer, sampling: SamplingConfig, *, template: str | TacticTemplate = "gptf",
                     budget: TacticBudget | None = None, verifier: Verifying | None = None,
-                    policy_version: int = 0, on_feed: Callable[[tuple[int, ...]], None] | None = None,
-                    ) -> list[Episode]:
-    """`sampling.n` tactic dialogues per problem (group i = problem i), all advanced together:
+                    concurrency: int | None = None, policy_version: int = 0,
+                    on_feed: Callable[[tuple[int, ...]], None] | None = None) -> list[Episode]:
+    """`sampling.n` tactic dialogues per problem (group i = problem i), advanced together:
     each turn, one engine call for every open dialogue, fed as token ids; dialogues with equal
     token prefixes share one prompt (n = how many), so equal prefixes are never sampled with
-    the same seed. `sampling.max_tokens` bounds one tactic. One session per problem: the
-    group's dialogues branch from its states. `on_feed(ids)` sees every sequence fed to the
-    engine (tests). Excluded episodes (reward None) are left out."""
+    the same seed. `sampling.max_tokens` bounds one tactic. One session per problem (the
+    group's dialogues branch from its states), `concurrency` problems at a time (default: the
+    verifier pool's workers, one REPL process per session; else all). `on_feed(ids)` sees
+    every sequence fed to the engine (tests). Excluded episodes (reward None) are left out."""
     tpl = TACTIC_TEMPLATES[template] if isinstance(template, str) else template
     budget = budget or TacticBudget()
     sampling = sampling.model_copy(update={"stop": list(dict.fromkeys([*sampling.stop, *tpl.stop]))})
+    at_once = concurrency or getattr(getattr(getattr(verifier, "pool", None), "config", None), "workers", None) \
+        or len(problems) or 1
+    indexed = list(enumerate(problems))
+    trajectories: list[_Trajectory] = []
+    for i in range(0, len(indexed), at_once):
+        trajectories += _dialogues(indexed[i:i + at_once], engine, sessions, tokenizer, sampling, tpl, budget, on_feed)
+    _final_check([t for t in trajectories if t.finished is not None], verifier)
+    episodes = [_episode(t.problem.id, t.group, t.prompt_ids, t.completion_ids, t.loss_mask, t.logprobs,
+                         t.verdict, t.truncated, policy_version) for t in trajectories if t.verdict is not None]
+    return [e for e in episodes if e is not None]
+
+
+def _dialogues(indexed: Sequence[tuple[int, Problem]], engine: GenerationEngine, sessions: SessionFactory,
+               tokenizer: _Tokenizer, sampling: SamplingConfig, tpl: TacticTemplate, budget: TacticBudget,
+               on_feed: Callable[[tuple[int, ...]], None] | None) -> list[_Trajectory]:
+    """The dialogues of these (group, problem)s, each session open until all of them end."""
     trajectories: list[_Trajectory] = []
     with contextlib.ExitStack() as stack:
-        for group, problem in enumerate(problems):
+        for group, problem in indexed:
             try:
                 session, root = stack.enter_context(sessions(problem))
             except (StatementError, LeanEnvError):   # no dialogue possible: nothing to learn from
@@ -228,37 +245,32 @@ def tactic_episodes(problems: Sequence[Problem], engine: GenerationEngine, sessi
             active = [t for t in trajectories if t.verdict is None]
             if not active:
                 break
-            fits = [t for t in active if len(t.fed()) < budget.max_tokens]
             for t in active:
                 if len(t.fed()) >= budget.max_tokens:
                     t.truncated = True
                     _give_up(t, f"context of {budget.max_tokens} tokens spent after {t.turns} tactics")
             by_prefix: dict[tuple[int, ...], list[_Trajectory]] = {}
-            for t in fits:
-                by_prefix.setdefault(t.fed(), []).append(t)
-            prefixes = list(by_prefix)
-            for ids in prefixes:
+            for t in active:
+                if t.verdict is None:
+                    by_prefix.setdefault(t.fed(), []).append(t)
+            calls: dict[int, list[tuple[int, ...]]] = {}   # n -> prefixes that want n samples
+            for ids, group_of in by_prefix.items():
                 if on_feed is not None:
                     on_feed(ids)
-            calls: dict[int, list[tuple[int, ...]]] = {}   # n -> prefixes that want n samples
-            for ids in prefixes:
-                calls.setdefault(len(by_prefix[ids]), []).append(ids)
-            for n, group_prefixes in calls.items():
+                calls.setdefault(len(group_of), []).append(ids)
+            for n, prefixes in calls.items():
                 seed = None if sampling.seed is None else sampling.seed + turn
-                room = min(budget.max_tokens - len(ids) for ids in group_prefixes)
+                room = min(budget.max_tokens - len(ids) for ids in prefixes)
                 turn_sampling = sampling.model_copy(update={"n": n, "seed": seed,
                                                             "max_tokens": max(1, min(sampling.max_tokens, room))})
-                results = engine.generate(group_prefixes, turn_sampling)
-                for ids, result in zip(group_prefixes, results, strict=True):
+                results = engine.generate(prefixes, turn_sampling)
+                for ids, result in zip(prefixes, results, strict=True):
                     for t, completion in zip(by_prefix[ids], result.completions, strict=True):
                         _step(t, completion, tpl, tokenizer)
         for t in trajectories:
             if t.verdict is None and t.finished is None:
                 _give_up(t, f"no proof after {t.turns} tactics")
-    _final_check([t for t in trajectories if t.finished is not None], verifier)
-    episodes = [_episode(t.problem.id, t.group, t.prompt_ids, t.completion_ids, t.loss_mask, t.logprobs,
-                         t.verdict, t.truncated, policy_version) for t in trajectories if t.verdict is not None]
-    return [e for e in episodes if e is not None]
+    return trajectories
 
 
 def _step(t: _Trajectory, completion: Completion, tpl: TacticTemplate, tokenizer: _Tokenizer) -> None:
