@@ -136,9 +136,11 @@ class SharedWeights:
         """Copy `weights` (the same names, dtypes and shapes as `table`) into the block. A plain
         memoryview copy, one memcpy per tensor: torch's `copy_` into the block's views was
         measured 10-100x slower next to a running vLLM-CPU engine (its OpenMP threads)."""
+        memory = self.block.buf
+        assert memory is not None, "the shared-memory block is closed"
         for (_, _, _, start), t in zip(self.table, weights.values(), strict=True):
-            raw = t.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy()
-            self.block.buf[start:start + raw.size] = raw
+            raw = t.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy().data
+            memory[start:start + raw.nbytes] = raw
 
     @classmethod
     def attach(cls, name: str, table: Table) -> SharedWeights:
