@@ -56,7 +56,7 @@ class ActorPool:
         return self.handles[i % len(self.handles)]
 
     def _start(self, i: int) -> Any:
-        return self.remote_cls.options(name=None, **self.options).remote(*self.args)
+        return self.remote_cls.options(**self.options).remote(*self.args)
 
     def _wait_ready(self, indices: Any) -> None:
         """Constructors ran (an engine loaded, a pool opened): a failure here is the fleet's."""

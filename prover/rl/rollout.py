@@ -277,7 +277,7 @@ def _step(t: _Trajectory, completion: Completion, tpl: TacticTemplate, tokenizer
     """Record the sampled tactic, run it, append the environment's answer."""
     t.add(completion.token_ids, completion.logprobs)
     t.turns += 1
-    if completion.finish_reason == "length" and tpl.stop:   # the tactic did not end: nothing to run
+    if completion.finish_reason == "length" and tpl.stop:   # cut at max_tokens: run as it is, marked
         t.truncated = True
     try:
         result = t.session.run(t.state, completion.text.strip())

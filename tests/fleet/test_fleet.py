@@ -165,14 +165,15 @@ def test_vllm_rollout_actor_sync_training(tiny: Path, tmp_path: Path) -> None:
     from prover.fleet import Fleet
 
     batches = [[problem("v0"), problem("v1")], [problem("v2")]]
-    with Fleet(config(tiny, tmp_path, engine="vllm"), learner=_Factory(str(tiny))) as fleet:
-        reports = list(fleet.train(batches))
-        assert fleet.rollouts is not None
-        pid = fleet.rollouts[0].ping.remote()
-        tactic = fleet.rollout_step([problem("v3")], version=fleet.version, kind="tactic")
-        import ray
+    import ray
 
-        assert ray.get(fleet.rollouts[0].ping.remote()) == ray.get(pid), "the engine's actor was restarted"
+    with Fleet(config(tiny, tmp_path, engine="vllm"), learner=_Factory(str(tiny))) as fleet:
+        assert fleet.rollouts is not None
+        pid = ray.get(fleet.rollouts[0].ping.remote())
+        reports = list(fleet.train(batches))
+        tactic = fleet.rollout_step([problem("v3")], version=fleet.version, kind="tactic")
+        after = ray.get(fleet.rollouts[0].ping.remote())
+        assert (after, fleet.rollouts.restarts) == (pid, 0), f"the engine's actor was restarted: pid {pid} -> {after}"
     assert [r.versions for r in reports] == [{0: 4}, {1: 2}], [r.versions for r in reports]
     assert all(r.times.weight_sync_s > 0 and r.times.learn_s > 0 for r in reports), [r.times for r in reports]
     assert len(tactic.episodes) == 2 and {e.policy_version for e in tactic.episodes} == {2}, tactic.episodes
