@@ -7,7 +7,7 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
 [rollout], [training], [grpo] (the RL objective), [learner] (the learner's mesh, policy.mesh.ShardingConfig),
-[benchmark], [curate]. Defaults name their source: GRPO values follow
+[fleet] (the Ray actors), [benchmark], [curate]. Defaults name their source: GRPO values follow
 DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
@@ -57,7 +57,48 @@ class RolloutConfig(BaseModel):
     verify_concurrency: int = Field(
         64, ge=1, description="Candidates in flight to the verifier at once (bounded queue), per rollout worker."
     )
-    num_workers: int = Field(1, ge=1, description="Ray rollout actors, each holding one generation engine.")
+    episodes: Literal["whole-proof", "tactic"] = Field(
+        "whole-proof", description="Episode kind (prover/rl/rollout.py): 'whole-proof' (one completion, checked once) "
+        "or 'tactic' (multi-turn, LeanDojo's framing: tactic in, new goals or Lean's error out).")
+    tactic_template: Literal["gptf", "bfs-prover"] = Field(
+        "gptf", description="Tactic episodes: state -> tactic prompt (prover/search/best_first.py TACTIC_TEMPLATES).")
+    tactic_turns: int = Field(8, ge=1, description="Tactic episodes: at most this many tactic calls per episode.")
+
+
+class FleetConfig(BaseModel):
+    """The Ray fleet (prover/fleet): rollout actors (one generation engine each), verifier
+    actors (one `lean_env` verifier each) and the learner; local unless `ray_address` names a
+    cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join ('ray://host:10001' or 'auto'); None starts a local Ray on this "
+        "machine inside the Fleet's `with` block.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Local Ray only: CPUs Ray may schedule on (None: all of this machine's).")
+    actor_cpus: float = Field(
+        1.0, ge=0, description="CPUs each actor reserves in Ray's scheduler (0 lets many share a small machine).")
+    actor_gpus: float = Field(
+        0.0, ge=0, description="GPUs each rollout and learner actor reserves (1 on a GPU cluster).")
+    rollout_workers: int = Field(1, ge=1, description="Ray rollout actors, each holding one generation engine.")
+    verifier_workers: int = Field(1, ge=1, description="Ray verifier actors, each holding one lean_env verifier pool.")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="'sync': generate, verify, learn, sync weights, one after the other; 'async': the "
+        "next step's rollouts run while the learner trains (rollouts up to max_staleness versions old).")
+    max_staleness: int = Field(
+        1, ge=0, description="Async mode: episodes sampled by a policy more than this many learner versions "
+        "behind are dropped (AReaL's staleness bound; 1 = one-step-off).")
+    max_restarts: int = Field(
+        3, ge=0, description="Times a dead rollout or verifier actor is replaced (and its work retried) before "
+        "the step fails.")
+
+    @model_validator(mode="after")
+    def _async_needs_staleness(self) -> FleetConfig:
+        if self.mode == "async" and self.max_staleness < 1:
+            raise ValueError(f"fleet.mode = 'async' overlaps rollouts with learning, so rollouts are at least one "
+                             f"version old: fleet.max_staleness must be >= 1, got {self.max_staleness}")
+        return self
 
 
 class TrainingConfig(BaseModel):
@@ -299,6 +340,7 @@ class ProverConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     run: RunConfig = Field(default_factory=RunConfig)

@@ -7,9 +7,9 @@ heavy library only when this factory asks for it.
 from __future__ import annotations
 
 from policy.config import PolicyConfig
-from policy.engines.base import Completion, GenerationEngine, PromptResult, WeightsSource
+from policy.engines.base import Completion, GenerationEngine, Prompt, PromptResult, WeightsSource
 
-__all__ = ["Completion", "GenerationEngine", "PromptResult", "WeightsSource", "make_engine"]
+__all__ = ["Completion", "GenerationEngine", "Prompt", "PromptResult", "WeightsSource", "make_engine"]
 
 
 def make_engine(config: PolicyConfig) -> GenerationEngine:

@@ -30,6 +30,10 @@ from policy.config import SamplingConfig
 # Weights to load: a checkpoint folder with *.safetensors, or tensors under the checkpoint's
 # names (DeepSeek's, as `policy.checkpoint.save_pretrained` writes them).
 WeightsSource = Path | str | Mapping[str, Tensor]
+# A prompt: text (encoded by the engine, special tokens added), or the exact token ids to
+# continue from (multi-turn rollouts: the engine must see the very tokens it sampled before,
+# never a re-tokenisation of their text).
+Prompt = str | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class Completion:
 
 @dataclass(frozen=True)
 class PromptResult:
-    """A prompt, its token ids as the engine saw them, and its `n` completions."""
+    """A prompt, its token ids as the engine saw them, and its `n` completions. `prompt` is
+    the prompt's text, or "" when the prompt was given as token ids."""
 
     prompt: str
     prompt_token_ids: tuple[int, ...]
@@ -58,12 +63,14 @@ class GenerationEngine(Protocol):
     engine (worker processes, memory) on exit.
     """
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
-        """`sampling.n` completions for each prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
+        """`sampling.n` completions for each prompt, in prompt order. A token-id prompt is
+        used as given (`prompt_token_ids` equals it; nothing is added)."""
         ...
 
     def load_weights(self, weights: WeightsSource) -> None:
-        """Replace all weights in the running engine (same architecture and names)."""
+        """Replace all weights in the running engine (same architecture and names). Tensors
+        are pushed into the running engine without touching the disk where it can take them."""
         ...
 
     def close(self) -> None:

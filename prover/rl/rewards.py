@@ -12,7 +12,7 @@ off by default and configured in `prover.config.GRPOConfig`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lean_env.verdict import Accepted, NotChecked, Verdict
 from prover.config import GRPOConfig
@@ -44,6 +44,16 @@ def reward(verdict: Verdict, *, completion_tokens: int, max_tokens: int, config:
     return base + overlong_penalty(
         completion_tokens, max_tokens, config.overlong_buffer_tokens, config.overlong_penalty_factor
     )
+
+
+RewardFn = Callable[[Verdict, int], float | None]
+"""(verdict, completion tokens) -> reward or None: what rollouts call to score an episode."""
+
+
+def lean_reward(config: GRPOConfig, max_tokens: int) -> RewardFn:
+    """`reward` with the run's shaping options bound: the one scorer every rollout uses."""
+    return lambda verdict, completion_tokens: reward(verdict, completion_tokens=completion_tokens,
+                                                     max_tokens=max_tokens, config=config)
 
 
 def informative_groups(episodes: Sequence[Episode]) -> tuple[list[Episode], int]:

@@ -148,6 +148,11 @@ def generate(engine: GenerationEngine, prompts: Sequence[str], sampling: Samplin
     return out
 
 
+def verify_request(problem: Problem, candidate: str) -> VerifyRequest:
+    """What the verifier is asked about one candidate of `problem`."""
+    return VerifyRequest(problem.name, problem.header, problem.formal_statement, candidate)
+
+
 @dataclass
 class _Batch:
     """One batch of problems after generation: what goes to the verifier, and the meters."""
@@ -158,7 +163,7 @@ class _Batch:
     meters: dict[str, BudgetMeter]
 
     def requests(self) -> list[VerifyRequest]:
-        return [VerifyRequest(p.name, p.header, p.formal_statement, cand) for p, _, _, cand in self.pending]
+        return [verify_request(p, cand) for p, _, _, cand in self.pending]
 
     def results(self, verdicts: Sequence[Verdict]) -> Iterator[ProofResult]:
         attempts: dict[str, list[Attempt]] = {p.id: [] for p in self.problems}

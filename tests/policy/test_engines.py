@@ -243,6 +243,26 @@ def test_shapes_n_and_stop(engine_name: str, peaked_state, request: pytest.Fixtu
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["vllm_engine", "hf_deepseek"])
+def test_token_id_prompts_continue_from_exactly_those_tokens(
+    engine_name: str, peaked_state, request: pytest.FixtureRequest
+) -> None:
+    """A token-id prompt is used as given (no bos added, no re-tokenisation): text prompt ids +
+    their greedy completion's first 3 tokens, fed back as ids, continue with the rest."""
+    engine: GenerationEngine = request.getfixturevalue(engine_name)
+    engine.load_weights(peaked_state)
+    full = engine.generate(PROMPTS[:2], GREEDY)
+    prefixes = [r.prompt_token_ids + r.completions[0].token_ids[:3] for r in full]
+    resumed = engine.generate(prefixes, GREEDY.model_copy(update={"max_tokens": GREEDY.max_tokens - 3}))
+    for whole, prefix, again in zip(full, prefixes, resumed, strict=True):
+        assert again.prompt == "" and again.prompt_token_ids == prefix, (again.prompt, again.prompt_token_ids, prefix)
+        rest, got = whole.completions[0].token_ids[3:], again.completions[0].token_ids
+        assert got == rest, f"continuation from ids {got} != the rest of the one-call completion {rest}"
+        worst = max(abs(a - b) for a, b in zip(again.completions[0].logprobs, whole.completions[0].logprobs[3:], strict=True))
+        assert worst < 1e-4, f"logprobs of the same tokens differ by {worst:.2e}"
+
+
+@pytest.mark.slow
 def test_greedy_vllm_agrees_with_transformers(vllm_engine, hf_deepseek, peaked_state) -> None:
     vllm_engine.load_weights(peaked_state)
     hf_deepseek.load_weights(peaked_state)

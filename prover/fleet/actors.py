@@ -1,0 +1,201 @@
+"""The fleet's three workers, as plain classes (`prover.fleet.supervisor` makes Ray actors of
+them, so each also runs, and is tested, without Ray):
+
+- `RolloutWorker` holds one generation engine (`policy.engines.make_engine`): samples whole
+  proofs, answers tactic prompts, takes new weights (`load_weights`, no restart);
+- `VerifierWorker` holds one `lean_env` verifier (`lean_env.make_verifier`: REPL pool,
+  stand-in, kimina...): judges whole-proof samples and runs tactic episodes, whose sessions
+  live on its pool and whose tactics it asks a rollout actor for, turn by turn;
+- `LearnerWorker` holds the learner (`Learner`: the interface `prover.rl.learner.Learner`
+  provides): one optimizer step per batch of episodes, its weights, checkpoints.
+
+Every method that does work returns the seconds it spent, so the fleet can split a step's time
+into generate / verify / learn / weight sync / idle. `ping` runs in its own concurrency group
+("health"), so a busy actor still answers it and only a dead one does not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+from torch import Tensor
+
+from lean_env.config import VerifierConfig
+from lean_env.verifier import make_verifier
+from policy.config import PolicyConfig, SamplingConfig
+from policy.engines import Prompt, PromptResult, make_engine
+from prover.config import GRPOConfig, RolloutConfig
+from prover.problems import Problem
+from prover.rl.episodes import Episode
+from prover.rl.rewards import lean_reward
+from prover.rl.rollout import (
+    TacticBudget,
+    WholeSample,
+    judge_whole,
+    repl_sessions,
+    sample_whole,
+    tactic_episodes,
+)
+
+HEALTH = "health"   # the concurrency group of `ping`
+
+
+class Learner(Protocol):
+    """What the fleet needs from a learner (`prover.rl.learner.Learner` provides it)."""
+
+    def step(self, episodes: Sequence[Episode]) -> Mapping[str, float]:
+        """One optimizer step on these episodes; its metrics."""
+        ...
+
+    def weights(self) -> Mapping[str, Tensor]:
+        """The current weights under the checkpoint's names (what `load_weights` takes)."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint (weights, optimizer, step) to `path`."""
+        ...
+
+    def load(self, path: Path) -> None:
+        """Resume from a checkpoint `save` wrote."""
+        ...
+
+
+class RolloutWorker:
+    """One generation engine and the learner version of its weights."""
+
+    def __init__(self, policy: PolicyConfig, rollout: RolloutConfig) -> None:
+        self.policy = policy
+        self.rollout = rollout
+        self.engine = make_engine(policy)
+        self.version = 0
+
+    @ray.method(concurrency_group=HEALTH)
+    def ping(self) -> int:
+        return os.getpid()
+
+    def sample_whole(self, problems: Sequence[Problem], first_group: int) -> tuple[list[WholeSample], float, int]:
+        """`policy.sampling.n` whole proofs per problem: (samples, seconds, weights version)."""
+        t0 = time.perf_counter()
+        samples = sample_whole(problems, self.engine, self.policy.sampling, template=self.rollout.prompt_template,
+                               first_group=first_group)
+        return samples, time.perf_counter() - t0, self.version
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> tuple[list[PromptResult], float, int]:
+        """The engine's `generate`: (results, seconds, weights version)."""
+        t0 = time.perf_counter()
+        results = self.engine.generate(prompts, sampling)
+        return results, time.perf_counter() - t0, self.version
+
+    def load_weights(self, weights: Mapping[str, Tensor], version: int) -> float:
+        """Push `weights` (learner version `version`) into the running engine; seconds."""
+        t0 = time.perf_counter()
+        self.engine.load_weights(weights)
+        self.version = version
+        return time.perf_counter() - t0
+
+    def policy_version(self) -> int:
+        return self.version
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _RemoteEngine:
+    """A rollout actor seen as a `GenerationEngine` (for tactic episodes run on the verifier
+    side); keeps the generation seconds and the oldest weights version it was served by."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.seconds = 0.0
+        self.version: int | None = None
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
+        results, seconds, version = ray.get(self.actor.generate.remote(list(prompts), sampling))
+        self.seconds += seconds
+        self.version = version if self.version is None else min(self.version, version)
+        return list(results)
+
+
+class VerifierWorker:
+    """One `lean_env` verifier, open for the actor's lifetime."""
+
+    def __init__(self, verifier: VerifierConfig, policy: PolicyConfig, rollout: RolloutConfig,
+                 grpo: GRPOConfig) -> None:
+        self.policy = policy
+        self.rollout = rollout
+        self.score = lean_reward(grpo, policy.sampling.max_tokens)
+        self.verifier = make_verifier(verifier)
+        self.verifier.__enter__()
+        self._tokenizer: Any = None
+
+    @ray.method(concurrency_group=HEALTH)
+    def ping(self) -> int:
+        return os.getpid()
+
+    def judge_whole(self, sampled: tuple[list[WholeSample], float, int]) -> tuple[list[Episode | None], float, float]:
+        """`RolloutWorker.sample_whole`'s output judged: (episodes, generate seconds, verify seconds)."""
+        samples, generate_s, version = sampled
+        t0 = time.perf_counter()
+        episodes = judge_whole(samples, self.verifier, score=self.score, policy_version=version)
+        return episodes, generate_s, time.perf_counter() - t0
+
+    def tactic_episodes(self, problems: Sequence[Problem], rollout_actor: Any, first_group: int,
+                        ) -> tuple[list[Episode], float, float]:
+        """Tactic episodes on this verifier's pool, tactics from `rollout_actor`: (episodes,
+        generate seconds, verify seconds: the rest of the wall time)."""
+        from policy.tokenizer import load_tokenizer
+
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.policy.tokenizer or str(self.policy.checkpoint))
+        t0 = time.perf_counter()
+        engine = _RemoteEngine(rollout_actor)
+        sampling = self.policy.sampling
+        episodes = tactic_episodes(problems, engine, repl_sessions(self.verifier), self._tokenizer,  # type: ignore[arg-type]
+                                   sampling, score=self.score, template=self.rollout.tactic_template,
+                                   verifier=self.verifier,
+                                   budget=TacticBudget(turns=self.rollout.tactic_turns, max_tokens=self.policy.max_model_len))
+        version = engine.version or 0
+        episodes = [_regroup(e, first_group, version) for e in episodes]
+        return episodes, engine.seconds, time.perf_counter() - t0 - engine.seconds
+
+    def close(self) -> None:
+        self.verifier.__exit__(None, None, None)
+
+
+def _regroup(e: Episode, first_group: int, version: int) -> Episode:
+    return replace(e, group=e.group + first_group, policy_version=version)
+
+
+class LearnerWorker:
+    """The learner `factory()` builds, and its version (optimizer steps taken)."""
+
+    def __init__(self, factory: Callable[[], Learner]) -> None:
+        self.learner = factory()
+        self.version = 0
+
+    @ray.method(concurrency_group=HEALTH)
+    def ping(self) -> int:
+        return os.getpid()
+
+    def step(self, episodes: Sequence[Episode]) -> tuple[dict[str, float], float, int]:
+        """One learner step: (metrics, seconds, the new version)."""
+        t0 = time.perf_counter()
+        metrics = dict(self.learner.step(episodes))
+        self.version += 1
+        return metrics, time.perf_counter() - t0, self.version
+
+    def weights(self) -> Mapping[str, Tensor]:
+        return self.learner.weights()
+
+    def save(self, path: str) -> None:
+        self.learner.save(Path(path))
+
+    def load(self, path: str, version: int) -> None:
+        self.learner.load(Path(path))
+        self.version = version

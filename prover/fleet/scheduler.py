@@ -1,0 +1,274 @@
+"""GRPO over a Ray fleet: rollout actors, verifier actors and the learner, driven from here.
+
+    with Fleet(config, learner=make_learner) as fleet:      # ray.init here, never at import
+        for report in fleet.train(problem_batches):
+            print(report.version, report.metrics, report.times)
+
+A step: the problems are split into one shard per rollout actor; each shard is sampled on its
+rollout actor and judged on a verifier actor (whole-proof: the samples go from one to the
+other through Ray's object store, not through the driver; tactic: the verifier actor runs the
+dialogues and asks the rollout actor for every turn's tactics). The learner takes one step on
+the episodes and its new weights are pushed into every running engine (`load_weights`).
+
+Modes (`fleet.mode`):
+- sync: generate+verify, learn, sync weights, one after the other; every episode comes from
+  the learner's current weights.
+- async: the next step's rollouts start as soon as this step's episodes are in, while the
+  learner trains on them; the new weights reach each engine after the rollouts already queued
+  on it (Ray runs an actor's calls in order), so episodes are one version old (one-step-off).
+  Episodes more than `fleet.max_staleness` versions behind the learner are dropped (`fresh`).
+
+Failures: when a shard's work fails because an actor died (`RayActorError`), the dead actors are
+replaced (`prover.fleet.supervisor.ActorPool`; a new rollout actor first gets the latest
+weights) and the shard is submitted again; training goes on.
+
+Time split per step (`StepTimes`, seconds): generate and verify are the busy time of the
+rollout and verifier actors (mean over actors), learn and weight sync the learner's step and
+the engines' `load_weights` (slowest engine), idle the learner's wall time minus its own work
+(waiting for episodes and for the sync).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from prover.config import ProverConfig
+from prover.fleet.actors import Learner, LearnerWorker, RolloutWorker, VerifierWorker
+from prover.fleet.supervisor import ActorPool, remote_class
+from prover.problems import Problem
+from prover.rl.episodes import Episode
+
+log = logging.getLogger(__name__)
+
+
+def fresh(episodes: Sequence[Episode], version: int, max_staleness: int) -> list[Episode]:
+    """The episodes sampled by a policy at most `max_staleness` versions behind `version`."""
+    return [e for e in episodes if version - e.policy_version <= max_staleness]
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Where one step's wall time went, seconds (see the module docstring)."""
+
+    wall_s: float
+    generate_s: float
+    verify_s: float
+    learn_s: float
+    weight_sync_s: float
+    idle_s: float
+
+    def to_json(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One step's episodes and what producing them cost."""
+
+    episodes: list[Episode]
+    generate_s: float
+    verify_s: float
+    retried_shards: int = 0
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    version: int                      # the learner's version after this step
+    metrics: dict[str, float]
+    times: StepTimes
+    episodes: int                     # used by the learner
+    dropped_stale: int                # dropped by the staleness bound
+    versions: dict[int, int] = field(default_factory=dict)   # policy version -> episodes
+
+
+@dataclass
+class _Shard:
+    problems: list[Problem]
+    first_group: int
+    rollout: int                      # index into the rollout pool
+    kind: str                         # "whole-proof" or "tactic"
+    ref: Any = None
+
+
+class Fleet:
+    """The fleet's actors, alive inside `with`; see the module docstring."""
+
+    def __init__(self, config: ProverConfig, *, learner: Callable[[], Learner] | None = None) -> None:
+        self.config = config
+        self.learner_factory = learner
+        self.version = 0
+        self._weights: Any = None          # ObjectRef of the latest weights pushed
+        self._owns_ray = False
+        self.rollouts: ActorPool | None = None
+        self.verifiers: ActorPool | None = None
+        self.learner: Any = None
+        self.retried_shards = 0
+
+    def __enter__(self) -> Fleet:
+        fleet = self.config.fleet
+        if not ray.is_initialized():
+            if fleet.ray_address is not None:
+                ray.init(address=fleet.ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=fleet.num_cpus, include_dashboard=False, log_to_driver=False)
+            self._owns_ray = True
+        try:
+            cpus = {"num_cpus": fleet.actor_cpus}
+            engine = {**cpus, "num_gpus": fleet.actor_gpus}
+            policy, rollout = self.config.policy, self.config.rollout
+            self.rollouts = ActorPool("rollout", RolloutWorker, (policy, rollout), fleet.rollout_workers,
+                                      options=engine, max_restarts=fleet.max_restarts, on_replace=self._catch_up)
+            self.verifiers = ActorPool("verifier", VerifierWorker,
+                                       (self.config.verifier, policy, rollout, self.config.grpo),
+                                       fleet.verifier_workers, options=cpus, max_restarts=fleet.max_restarts)
+            if self.learner_factory is not None:
+                self.learner = remote_class(LearnerWorker).options(**engine).remote(self.learner_factory)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for pool in (self.rollouts, self.verifiers):
+            if pool is not None:
+                pool.close()
+        if self.learner is not None:
+            ray.kill(self.learner, no_restart=True)
+            self.learner = None
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+    # -- rollouts ----------------------------------------------------------------------------------
+
+    def _pools(self) -> tuple[ActorPool, ActorPool]:
+        if self.rollouts is None or self.verifiers is None:
+            raise RuntimeError("the Fleet is used outside its `with` block")
+        return self.rollouts, self.verifiers
+
+    def _catch_up(self, i: int, handle: Any) -> None:
+        """A replacement rollout actor starts from the checkpoint: give it the latest weights."""
+        if self._weights is not None:
+            ray.get(handle.load_weights.remote(self._weights, self.version))
+
+    def _submit(self, shard: _Shard) -> None:
+        rollouts, verifiers = self._pools()
+        verifier = verifiers[shard.rollout]
+        if shard.kind == "tactic":
+            shard.ref = verifier.tactic_episodes.remote(shard.problems, rollouts[shard.rollout], shard.first_group)
+        else:
+            sampled = rollouts[shard.rollout].sample_whole.remote(shard.problems, shard.first_group)
+            shard.ref = verifier.judge_whole.remote(sampled)
+
+    def submit(self, problems: Sequence[Problem], kind: str | None = None) -> list[_Shard]:
+        """Start one step's rollouts (problem i is group i) of episode `kind` (default
+        `rollout.episodes`); `collect` waits for them."""
+        rollouts, _ = self._pools()
+        kind = kind or self.config.rollout.episodes
+        size = -(-len(problems) // len(rollouts))
+        shards = [_Shard(list(problems[i:i + size]), i, k, kind) for k, i in enumerate(range(0, len(problems), size))]
+        for shard in shards:
+            self._submit(shard)
+        return shards
+
+    def collect(self, shards: Sequence[_Shard]) -> RolloutBatch:
+        """The shards' episodes (excluded ones left out); a shard whose actor died is retried
+        on the replacement, as often as `fleet.max_restarts` allows."""
+        rollouts, verifiers = self._pools()
+        episodes: list[Episode] = []
+        generate: list[float] = []
+        verify: list[float] = []
+        retried = 0
+        for shard in shards:
+            while True:
+                try:
+                    got, generate_s, verify_s = ray.get(shard.ref)
+                    break
+                except RayActorError as exc:
+                    log.warning("shard at group %d lost an actor (%s); replacing and retrying", shard.first_group,
+                                type(exc).__name__)
+                    rollouts.heal()
+                    verifiers.heal()
+                    retried += 1
+                    self._submit(shard)
+            episodes += [e for e in got if e is not None]
+            generate.append(generate_s)
+            verify.append(verify_s)
+        self.retried_shards += retried
+        return RolloutBatch(episodes, sum(generate) / len(rollouts), sum(verify) / len(verifiers), retried)
+
+    def rollout_step(self, problems: Sequence[Problem], version: int | None = None, *,
+                     kind: str | None = None) -> RolloutBatch:
+        """One step's rollouts, waited for; with `version`, episodes more than
+        `fleet.max_staleness` versions behind it are dropped (sync mode: behind at all)."""
+        batch = self.collect(self.submit(problems, kind))
+        if version is None:
+            return batch
+        bound = self.config.fleet.max_staleness if self.config.fleet.mode == "async" else 0
+        return RolloutBatch(fresh(batch.episodes, version, bound), batch.generate_s, batch.verify_s,
+                            batch.retried_shards)
+
+    # -- weights -----------------------------------------------------------------------------------
+
+    def push_weights(self, weights: Any, version: int, *, wait: bool = True) -> list[Any]:
+        """Send `weights` (a mapping or an ObjectRef of one) to every rollout actor; with
+        `wait`, block until all loaded them. The refs of each actor's load time."""
+        rollouts, _ = self._pools()
+        self._weights = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        self.version = version
+        refs = [rollouts[i].load_weights.remote(self._weights, version) for i in range(len(rollouts))]
+        if wait:
+            ray.get(refs)
+        return refs
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def train(self, batches: Iterable[Sequence[Problem]]) -> Iterator[StepReport]:
+        """One learner step per batch of problems, in `fleet.mode`; a report per step."""
+        if self.learner is None:
+            raise RuntimeError("Fleet.train needs a learner (Fleet(config, learner=factory))")
+        fleet = self.config.fleet
+        asynchronous = fleet.mode == "async"
+        bound = fleet.max_staleness if asynchronous else 0
+        queue = iter(batches)
+        first = next(queue, None)
+        if first is None:
+            return
+        pending: list[_Shard] | None = self.submit(first)
+        sync_refs: list[Any] = []
+        step = 0
+        while pending is not None:
+            t0 = time.perf_counter()
+            batch = self.collect(pending)
+            upcoming = next(queue, None)
+            pending = None
+            if asynchronous and upcoming is not None:   # overlaps with the learner's step below
+                pending = self.submit(upcoming)
+            sync_s = max(ray.get(sync_refs), default=0.0)  # the previous step's sync (async: in flight until now)
+            used = fresh(batch.episodes, self.version, bound)
+            metrics, learn_s, version = ray.get(self.learner.step.remote(used))
+            sync_refs = self.push_weights(self.learner.weights.remote(), version, wait=False)
+            if not asynchronous:
+                sync_s = max(ray.get(sync_refs), default=0.0)
+                sync_refs = []
+                if upcoming is not None:
+                    pending = self.submit(upcoming)
+            wall = time.perf_counter() - t0
+            versions: dict[int, int] = {}
+            for e in batch.episodes:
+                versions[e.policy_version] = versions.get(e.policy_version, 0) + 1
+            yield StepReport(step, version, dict(metrics),
+                             StepTimes(wall, batch.generate_s, batch.verify_s, learn_s, sync_s,
+                                       max(0.0, wall - learn_s - sync_s)),
+                             len(used), len(batch.episodes) - len(used), versions)
+            step += 1
+        if sync_refs:
+            ray.get(sync_refs)

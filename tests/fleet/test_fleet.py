@@ -1,0 +1,189 @@
+"""The Ray fleet (prover/fleet): real Ray (local, small), real engines in rollout actors, the
+stand-in REPL in verifier actors.
+
+The learner here is `FakeLearner` -- FAKE, marked as such: it stands in for
+`prover.rl.learner.Learner` (written in parallel, not yet on this branch) with the interface
+`prover.fleet.actors.Learner` defines; its "weights" are the tiny checkpoint's own tensors with
+the output head scaled by the step number, so every sync really changes the engine's weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prover.config import FleetConfig, ProverConfig
+from prover.problems import Problem
+from prover.rl.episodes import Episode
+from prover.rl.rollout import WholeSample
+
+RULES = Path(__file__).resolve().parents[1] / "lean_env" / "rules" / "tactic_tree.json"
+HEADER = "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen BigOperators Real Nat\n\n"
+
+
+def problem(name: str, statement: str = "(a b : ℕ) (h : a = b) : b = a") -> Problem:
+    return Problem(name=name, split="test", header=HEADER, id=name, formal_statement=f"theorem {name} {statement} := by\n")
+
+
+def episode(version: int) -> Episode:
+    return Episode("p", 0, (1,), (2,), (True,), (-0.1,), 1.0, "accepted", policy_version=version)
+
+
+def test_staleness_bound_keeps_at_most_s_versions_behind() -> None:
+    from prover.fleet import fresh
+
+    episodes = [episode(v) for v in (0, 1, 2, 3)]
+    assert [e.policy_version for e in fresh(episodes, 3, 1)] == [2, 3]
+    assert [e.policy_version for e in fresh(episodes, 3, 0)] == [3]
+    assert [e.policy_version for e in fresh(episodes, 3, 3)] == [0, 1, 2, 3]
+
+
+def test_async_mode_needs_a_staleness_of_at_least_one() -> None:
+    with pytest.raises(ValueError, match="fleet.max_staleness must be >= 1, got 0"):
+        FleetConfig(mode="async", max_staleness=0)
+    assert FleetConfig(mode="sync", max_staleness=0).max_staleness == 0
+
+
+class FakeLearner:
+    """FAKE (see the module docstring): counts steps, returns scaled checkpoint weights."""
+
+    def __init__(self, checkpoint: str) -> None:
+        from safetensors.torch import load_file
+
+        self.base = load_file(str(Path(checkpoint) / "model.safetensors"))
+        self.steps = 0
+        self.seen: list[int] = []
+
+    def step(self, episodes: Sequence[Episode]) -> Mapping[str, float]:
+        self.steps += 1
+        self.seen.append(len(episodes))
+        rewards = [e.reward for e in episodes]
+        return {"episodes": float(len(episodes)), "mean_reward": sum(rewards) / max(1, len(rewards))}
+
+    def weights(self) -> Mapping[str, Any]:
+        return {k: v * (1.0 + 0.5 * self.steps) if k == "lm_head.weight" else v for k, v in self.base.items()}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"steps": self.steps}))
+
+    def load(self, path: Path) -> None:
+        self.steps = json.loads(path.read_text())["steps"]
+
+
+class _Factory:
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = checkpoint
+
+    def __call__(self) -> FakeLearner:
+        return FakeLearner(self.checkpoint)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from prover.checkpoints import init_checkpoint
+
+    out = tmp_path_factory.mktemp("fleet") / "tiny"
+    init_checkpoint("tiny", out)
+    return out
+
+
+def config(tiny: Path, tmp_path: Path, *, engine: str, rules: Path = RULES, **fleet: Any) -> ProverConfig:
+    return ProverConfig.model_validate({
+        "policy": {"checkpoint": str(tiny), "engine": engine, "max_model_len": 256, "enforce_eager": True,
+                   "kv_cache_gib": 0.5, "sampling": {"n": 2, "max_tokens": 6, "seed": 1, "temperature": 1.0}},
+        "verifier": {"backend": "standin", "standin_rules": str(rules), "workers": 1, "timeout_s": 20,
+                     "tactic_timeout_s": 10, "retries": 0},
+        "rollout": {"prompt_template": "plain", "tactic_turns": 2},
+        "fleet": {"num_cpus": 2, "actor_cpus": 0, "max_restarts": 2, **fleet},
+    })
+
+
+@pytest.mark.slow
+def test_killed_actors_are_replaced_and_their_work_retried(tiny: Path, tmp_path: Path) -> None:
+    """Done-when: kill a verifier, then a rollout actor, mid-step; each step completes on a
+    replacement, and the new rollout actor serves the latest weights, not the checkpoint's."""
+    import ray
+
+    from prover.fleet import Fleet
+
+    rules = tmp_path / "slow.json"   # each check takes a while, so the kill lands mid-step
+    tree = json.loads(RULES.read_text())
+    rules.write_text(json.dumps({**tree, "rules": [{"name": "slow", "substring": "theorem", "sleep_s": 0.3},
+                                                   *tree["rules"]]}))
+    problems = [problem("p0"), problem("p1")]
+    with Fleet(config(tiny, tmp_path, engine="transformers", rules=rules)) as fleet:
+        assert fleet.rollouts is not None and fleet.verifiers is not None
+        whole = fleet.rollout_step(problems)
+        assert sorted(e.group for e in whole.episodes) == [0, 0, 1, 1], whole.episodes
+
+        shards = fleet.submit(problems)
+        ray.kill(fleet.verifiers[0])
+        batch = fleet.collect(shards)
+        assert batch.retried_shards == 1 and fleet.verifiers.restarts == 1, (batch.retried_shards, fleet.verifiers.restarts)
+        assert sorted(e.group for e in batch.episodes) == [0, 0, 1, 1], batch.episodes
+
+        fleet.push_weights(FakeLearner(str(tiny)).weights(), version=3)
+        shards = fleet.submit(problems)
+        ray.kill(fleet.rollouts[0])
+        batch = fleet.collect(shards)
+        assert fleet.rollouts.restarts == 1 and batch.retried_shards == 1, (fleet.rollouts.restarts, batch.retried_shards)
+        assert {e.policy_version for e in batch.episodes} == {3}, [e.policy_version for e in batch.episodes]
+        assert len(batch.episodes) == 4 and all(e.outcome.startswith(("accepted", "rejected")) for e in batch.episodes)
+
+        # tactic episodes through the fleet: dialogues on the verifier actor, tactics from the rollout actor
+        tactic = fleet.rollout_step(problems, kind="tactic")
+        assert sorted(e.group for e in tactic.episodes) == [0, 0, 1, 1], tactic.episodes
+        assert all(not all(e.loss_mask) and e.policy_version == 3 for e in tactic.episodes), tactic.episodes
+
+
+@pytest.mark.slow
+def test_async_training_is_one_step_off(tiny: Path, tmp_path: Path) -> None:
+    from prover.fleet import Fleet
+
+    batches = [[problem(f"s{k}")] for k in range(3)]
+    cfg = config(tiny, tmp_path, engine="transformers", mode="async", max_staleness=1)
+    with Fleet(cfg, learner=_Factory(str(tiny))) as fleet:
+        reports = list(fleet.train(batches))
+    # step 0 samples with the checkpoint (0); step s >= 1 with the weights of step s-1
+    assert [r.versions for r in reports] == [{0: 2}, {0: 2}, {1: 2}], [r.versions for r in reports]
+    assert [r.version for r in reports] == [1, 2, 3] and [r.dropped_stale for r in reports] == [0, 0, 0], reports
+    for r in reports:
+        times = r.times
+        assert times.learn_s > 0 and times.generate_s > 0 and times.verify_s > 0 and times.idle_s >= 0, times
+    assert reports[1].times.weight_sync_s > 0, reports[1].times   # step 0's push, measured when it landed
+
+
+@pytest.mark.slow
+def test_vllm_rollout_actor_sync_training(tiny: Path, tmp_path: Path) -> None:
+    """One vLLM engine in a Ray actor: sync mode samples every step with the current weights,
+    which reach the running engine without a restart; tactic turns are fed as token ids."""
+    pytest.importorskip("vllm")
+    from prover.fleet import Fleet
+
+    batches = [[problem("v0"), problem("v1")], [problem("v2")]]
+    import ray
+
+    with Fleet(config(tiny, tmp_path, engine="vllm"), learner=_Factory(str(tiny))) as fleet:
+        assert fleet.rollouts is not None
+        pid = ray.get(fleet.rollouts[0].ping.remote())
+        reports = list(fleet.train(batches))
+        tactic = fleet.rollout_step([problem("v3")], version=fleet.version, kind="tactic")
+        after = ray.get(fleet.rollouts[0].ping.remote())
+        assert (after, fleet.rollouts.restarts) == (pid, 0), f"the engine's actor was restarted: pid {pid} -> {after}"
+    assert [r.versions for r in reports] == [{0: 4}, {1: 2}], [r.versions for r in reports]
+    assert all(r.times.weight_sync_s > 0 and r.times.learn_s > 0 for r in reports), [r.times for r in reports]
+    assert len(tactic.episodes) == 2 and {e.policy_version for e in tactic.episodes} == {2}, tactic.episodes
+
+
+def test_whole_sample_travels_as_a_value() -> None:
+    """What crosses between actors pickles (Ray's object store holds it)."""
+    import pickle
+
+    from policy.engines import Completion
+
+    sample = WholeSample(problem("x"), 0, (1, 2), Completion("t", (3,), (-0.5,), "stop"), "cand")
+    assert pickle.loads(pickle.dumps(sample)) == sample
