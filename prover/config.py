@@ -53,6 +53,10 @@ class RolloutConfig(BaseModel):
         "'deepseek-prover-v1.5' (non-CoT: \"Complete the following Lean 4 code:\" + the Lean file), 'plain' (the "
         "Lean text alone), and the chat/CoT prompts 'deepseek-prover-v2', 'goedel-prover-v2', 'kimina-prover'.",
     )
+    problems: str | None = Field(
+        None, description="`prover train`: the problem set trained on: a suite name (data/suites.toml), a "
+        ".jsonl/.lean path, or hf:owner/name.")
+    split: str | None = Field(None, description="`prover train`: the split of `problems` to train on (None: all).")
     prompts_per_step: int = Field(32, ge=1, description="Distinct problems sampled per training step.")
     verify_concurrency: int = Field(
         64, ge=1, description="Candidates in flight to the verifier at once (bounded queue), per rollout worker."
@@ -423,6 +427,24 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` flags as overrides: the key dotted (`grpo.kl_coef`), the value a TOML
+    value (`0.01`, `"cispo"`, `[1, 8]`, `true`), or, when it is not one, the text itself
+    (`fleet.mode=async`). A flag without `=` is a ConfigError naming it."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set training.steps=50")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key] = value
+    return out
 
 
 def resolve_config(config_file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> ProverConfig:

@@ -177,7 +177,7 @@ class LearnerWorker:
 
     def __init__(self, factory: Callable[[], Learner]) -> None:
         self.learner = factory()
-        self.version = 0
+        self.version = int(getattr(self.learner, "version", 0))   # a resumed learner knows its step
 
     @ray.method(concurrency_group=HEALTH)
     def ping(self) -> int:
@@ -192,6 +192,10 @@ class LearnerWorker:
 
     def weights(self) -> Mapping[str, Tensor]:
         return self.learner.weights()
+
+    def current_version(self) -> int:
+        """The learner's version once every call queued before this one has run."""
+        return self.version
 
     def save(self, path: str) -> None:
         self.learner.save(Path(path))

@@ -256,6 +256,8 @@ class Learner:
             "accepted_share": sum(e.outcome == "accepted" for e in episodes) / len(episodes),
             "advantage_abs_mean": float(advantages.abs().mean()),
             "truncated_share": sum(e.truncated for e in episodes) / len(episodes),
+            "response_length_mean": sum(e.sampled_tokens for e in episodes) / len(episodes),
+            "response_length_max": float(max(e.sampled_tokens for e in episodes)),
             "trained_tokens": float(batch.mask.sum()),
             "sequences": float(n),
             "optimizer_steps": float(cfg.mini_batches),
