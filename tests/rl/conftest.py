@@ -22,16 +22,18 @@ def _hf_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def mini_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Our policy at its smallest for a CPU training test: one MLA layer (the attention dims
-    vLLM's CPU MLA backend accepts: qk_nope 128, qk_rope 64, v 128, kv_lora 512), width 64, one
-    head, one MTP module with 4 routed experts; the repository's tokenizer. A HF folder."""
+    """Our policy small enough to train on this CPU: width 128, a dense block and an MoE block
+    (4 routed experts, top-2, one shared), two MLA heads with the dims vLLM's CPU MLA backend
+    accepts (qk_nope 128, qk_rope 64, v 128, kv_lora 512), one MTP module; the repository's
+    tokenizer. A Hugging Face folder. (One layer cannot memorise a proof in 100 steps: tokens
+    whose successor depends on more than the previous token need two.)"""
     from policy.checkpoint import save_pretrained
     from policy.model import ModelArgs, Transformer
     from policy.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
     tokenizer = load_tokenizer(DEFAULT_TOKENIZER_DIR)
-    args = ModelArgs(vocab_size=len(tokenizer), dim=64, n_layers=1, n_dense_layers=1, max_seq_len=1024,
-                     n_heads=1, q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+    args = ModelArgs(vocab_size=len(tokenizer), dim=128, n_layers=2, n_dense_layers=1, max_seq_len=1024,
+                     n_heads=2, q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
                      v_head_dim=128, inter_dim=256, moe_inter_dim=64, n_routed_experts=4, n_activated_experts=2,
                      n_shared_experts=1, n_expert_groups=1, n_limited_groups=1, n_mtp_layers=1)
     with torch.random.fork_rng(devices=[]):
