@@ -176,6 +176,7 @@ def test_any_hf_causal_lm_fine_tunes_and_saves_a_loadable_folder(tmp_path: Path)
     assert reloaded.config.model_type == "llama"
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(mini_policy: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C after step 2 writes a checkpoint; the same config run again continues from it and
@@ -187,7 +188,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(mini_policy: 
     from prover.rl.sft import SFTInterrupted
 
     corpus = shortest_proofs(3, tmp_path)
-    config = _config(mini_policy, corpus, steps=4, micro_batch_size=1, save_every=10, learning_rate=1e-3,
+    config = _config(mini_policy, corpus, steps=4, micro_batch_size=1, save_every=10, learning_rate=1e-3, warmup_steps=2,
                      gradient_accumulation=2)
     straight = run_sft(config, tmp_path / "straight")
     original_step = StepProgress.step
