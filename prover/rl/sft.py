@@ -264,13 +264,14 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
     train_cfg, sft = config.training, config.sft
     if config.policy.checkpoint is None:
         raise UserError("no model to fine-tune: pass --model DIR (a Hugging Face folder or hub id)")
-    source = resolve_model(config.policy.checkpoint)
+
     def local(value: str | None) -> str | None:   # paths made absolute: the record re-runs anywhere
         return os.path.abspath(value) if value is not None and Path(value).exists() else value
 
     sft = sft.model_copy(update={"corpus": local(sft.corpus), "problems": local(sft.problems)})
     config = with_absolute_paths(config.model_copy(update={"sft": sft, "output_dir": out}))
     resumed = prepare_run_dir(out, config, force=force)
+    source = resolve_model(str(config.policy.checkpoint))   # a folder, or a hub id -> its local folder
     checkpoints = Checkpointer(out, keep_last=train_cfg.keep_last)
     latest = checkpoints.latest() if resumed else None
     tokenizer = load_tokenizer(config.policy.tokenizer or source)
