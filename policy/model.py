@@ -241,11 +241,12 @@ def rope_tables(args: ModelArgs) -> tuple[Tensor, Tensor]:
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved pairs (x0, x1), (x2, x3), ... as DeepSeek lays out its rope dims.
 
-    x (B, T, H, R); cos/sin (T, R/2). Computed in float32, returned in x's dtype.
+    x (B, T, H, R); cos/sin (T, R/2), or (B, T, R/2) when each row has its own positions
+    (packed documents). Computed in float32, returned in x's dtype.
     """
     xf = x.float()
     x1, x2 = xf[..., 0::2], xf[..., 1::2]  # (B, T, H, R/2)
-    c, s = cos[:, None, :], sin[:, None, :]
+    c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (T, 1, R/2) or (B, T, 1, R/2)
     return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).to(x.dtype)
 
 
@@ -269,6 +270,29 @@ def _causal_mask(n_queries: int, start_pos: int, device: torch.device) -> Tensor
     """(T, start_pos + T) bool: query i (at position start_pos + i) sees keys 0..start_pos + i."""
     keys = torch.arange(start_pos + n_queries, device=device)
     return keys[None, :] <= (start_pos + torch.arange(n_queries, device=device))[:, None]
+
+
+def document_layout(doc_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions and attention mask of packed documents (several sequences in one row).
+
+    doc_ids (B, T) integer: which document each token belongs to; a document's tokens are
+    contiguous (padding is one more document). Returns
+      positions (B, T): each token's position inside its own document (0 at its first token),
+          so rotary embeddings are those the document would get alone;
+      mask (B, 1, T, T) bool: query i sees key j iff j <= i and both are in the same document
+          (causal attention that never crosses a document boundary, block-diagonal).
+    Together they make a packed row compute, for every document, exactly what the document
+    computes alone in its own row (the SFT packing contract, tested in tests/policy).
+    """
+    seqlen = doc_ids.shape[1]
+    index = torch.arange(seqlen, device=doc_ids.device)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T) start of each token's document
+    positions = index - first
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    causal = index[None, :] <= index[:, None]  # (T, T)
+    return positions, (same_doc & causal).unsqueeze(1)
 
 
 AttentionKernel = Literal["auto", "sdpa", "flash", "cudnn"]
@@ -360,8 +384,13 @@ class MLA(nn.Module):
         sin: Tensor,
         start_pos: int,
         cache: NaiveCache | LatentCache | None,
+        doc_mask: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, D) at positions start_pos..start_pos+T-1; cos/sin (T, R/2) -> (B, T, D)."""
+        """x (B, T, D) at positions start_pos..start_pos+T-1; cos/sin (T, R/2) -> (B, T, D).
+
+        doc_mask (B, 1, T, T) bool (packed documents, `document_layout`; cos/sin then
+        (B, T, R/2)): replaces the plain causal mask, so no token attends across a document
+        boundary. Training only: no cache, start_pos 0."""
         a = self.args
         bsz, seqlen, _ = x.shape
         end = start_pos + seqlen
@@ -388,15 +417,15 @@ class MLA(nn.Module):
                 cache.v[:bsz, start_pos:end] = v
                 k, v = cache.k[:bsz, :end], cache.v[:bsz, :end]
             # From position 0 the keys are exactly the queries' positions: plain causal.
-            mask = None
-            if start_pos > 0 and seqlen > 1:
+            mask = doc_mask
+            if mask is None and start_pos > 0 and seqlen > 1:
                 mask = _causal_mask(seqlen, start_pos, x.device)
             out = attention(
                 q.transpose(1, 2),
                 k.transpose(1, 2),
                 v.transpose(1, 2),
                 scale=self.softmax_scale,
-                is_causal=start_pos == 0,
+                is_causal=start_pos == 0 and doc_mask is None,
                 mask=mask,
                 kernel=self.attention_kernel,
             ).transpose(1, 2)  # (B, T, H, v)
@@ -419,9 +448,8 @@ class MLA(nn.Module):
                 + torch.einsum("bthr,bsr->bhts", q_pe, k_pe)
             ) * self.softmax_scale
             if seqlen > 1:
-                scores = scores.masked_fill(
-                    ~_causal_mask(seqlen, start_pos, x.device), float("-inf")
-                )
+                allowed = _causal_mask(seqlen, start_pos, x.device) if doc_mask is None else doc_mask
+                scores = scores.masked_fill(~allowed, float("-inf"))
             probs = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)  # (B, H, T, S)
             out = torch.einsum("bhts,bsc->bthc", probs, latent)
             out = torch.einsum("bthc,hdc->bthd", out, w_uv)  # (B, T, H, v)
@@ -572,8 +600,9 @@ class Block(nn.Module):
         sin: Tensor,
         start_pos: int = 0,
         cache: NaiveCache | LatentCache | None = None,
+        doc_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, cache)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, cache, doc_mask)
         if isinstance(self.mlp, MoE):
             out, balance = self.mlp(self.post_attention_layernorm(x))
             return x + out, balance
@@ -597,12 +626,13 @@ class MTPModule(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)  # stored as shared_head.norm
 
     def forward(
-        self, prev: Tensor, emb: Tensor, cos: Tensor, sin: Tensor
+        self, prev: Tensor, emb: Tensor, cos: Tensor, sin: Tensor, doc_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """prev (B, S, D) hidden of depth k-1, emb (B, S, D) embeddings of the tokens k ahead
-        -> hidden (B, S, D) after this module's final norm (what the head reads), balance loss."""
+        -> hidden (B, S, D) after this module's final norm (what the head reads), balance loss.
+        doc_mask: packed documents' attention mask (`document_layout`), as in the trunk."""
         h = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(prev)], dim=-1))
-        h, balance = self.block(h, cos, sin)
+        h, balance = self.block(h, cos, sin, doc_mask=doc_mask)
         return self.norm(h), balance
 
 
@@ -717,8 +747,13 @@ class Transformer(_Float32Buffers, nn.Module):
         finally:
             self._caches = None
 
-    def trunk(self, tokens: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor | None]:
-        """tokens (B, T) -> final-normed hidden (B, T, D), summed balance loss (or None)."""
+    def _layout(
+        self, tokens: Tensor, start_pos: int, doc_ids: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Rotary tables and attention mask for tokens (B, T): cos/sin (T, R/2) and no mask
+        (plain causal) for one sequence per row; with doc_ids (packed documents) cos/sin
+        (B, T, R/2) at each token's position in its document and the block-diagonal causal
+        mask of `document_layout`."""
         seqlen = tokens.shape[1]
         if start_pos + seqlen > self.args.max_seq_len:
             raise ValueError(
@@ -728,23 +763,52 @@ class Transformer(_Float32Buffers, nn.Module):
             raise ValueError(
                 f"start_pos={start_pos} needs a cache: run inside `with model.kv_cache(...)`"
             )
-        cos, sin = (
-            self.rope_cos[start_pos : start_pos + seqlen],
-            self.rope_sin[start_pos : start_pos + seqlen],
-        )
+        if doc_ids is None:
+            return (
+                self.rope_cos[start_pos : start_pos + seqlen],
+                self.rope_sin[start_pos : start_pos + seqlen],
+                None,
+            )
+        if start_pos or self._caches is not None:
+            raise ValueError("packed documents (doc_ids) are for training: no kv cache, start_pos 0")
+        if doc_ids.shape != tokens.shape:
+            raise ValueError(
+                f"doc_ids {tuple(doc_ids.shape)} must match tokens {tuple(tokens.shape)}"
+            )
+        positions, doc_mask = document_layout(doc_ids)
+        return self.rope_cos[positions], self.rope_sin[positions], doc_mask
+
+    def _trunk(
+        self, tokens: Tensor, cos: Tensor, sin: Tensor, start_pos: int, doc_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         h = self.embed_tokens(tokens)
         balance = None
         for i, layer in enumerate(self.layers):
-            h, layer_balance = layer(
-                h, cos, sin, start_pos, None if self._caches is None else self._caches[i]
-            )
+            cache = None if self._caches is None else self._caches[i]
+            h, layer_balance = layer(h, cos, sin, start_pos, cache, doc_mask)
             balance = _add(balance, layer_balance)
         return self.norm(h), balance
 
-    def forward(self, tokens: Tensor, *, start_pos: int = 0, return_hidden: bool = False) -> Tensor:
+    def trunk(
+        self, tokens: Tensor, start_pos: int = 0, doc_ids: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """tokens (B, T) -> final-normed hidden (B, T, D), summed balance loss (or None).
+        doc_ids (B, T): packed documents (`document_layout`); None: one sequence per row."""
+        cos, sin, doc_mask = self._layout(tokens, start_pos, doc_ids)
+        return self._trunk(tokens, cos, sin, start_pos, doc_mask)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        start_pos: int = 0,
+        return_hidden: bool = False,
+        doc_ids: Tensor | None = None,
+    ) -> Tensor:
         """tokens (B, T) -> logits (B, T, V), or the final-normed hidden (B, T, D) with
-        return_hidden (for chunked log-probs). start_pos > 0 continues a `kv_cache` block."""
-        hidden, _ = self.trunk(tokens, start_pos)
+        return_hidden (for chunked log-probs). start_pos > 0 continues a `kv_cache` block.
+        doc_ids (B, T): several documents packed per row, each computed as if alone."""
+        hidden, _ = self.trunk(tokens, start_pos, doc_ids)
         return hidden if return_hidden else self.lm_head(hidden)
 
     def head_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
@@ -754,34 +818,52 @@ class Transformer(_Float32Buffers, nn.Module):
         return _cross_entropy(self.lm_head(hidden), targets)
 
     def loss(
-        self, tokens: Tensor, *, targets: Tensor | None = None, mtp: bool = True
+        self,
+        tokens: Tensor,
+        *,
+        targets: Tensor | None = None,
+        mtp: bool = True,
+        doc_ids: Tensor | None = None,
     ) -> LossOutput:
         """Training loss on tokens (B, T).
 
         targets (B, T): the token each position should predict (IGNORE_INDEX = no loss); default
         tokens shifted left. MTP depth k at position i combines h_i^{k-1} with Emb(t_{i+k}) and
         predicts targets[i + k]; L_MTP = lambda / D * sum_k L_k (DeepSeek-V3 eq. 21-25).
+
+        doc_ids (B, T): packed documents (`document_layout`): attention and positions stay
+        inside each document, the default targets never cross a boundary, and an MTP depth k
+        whose token k ahead lies in another document gets the padding embedding and no target,
+        exactly as the last k positions of a sequence alone. So a packed row's summed token
+        losses equal those of its documents run one per row.
         """
         if targets is None:
             targets = F.pad(tokens[:, 1:], (0, 1), value=IGNORE_INDEX)
+            if doc_ids is not None:
+                boundary = F.pad(doc_ids[:, 1:] != doc_ids[:, :-1], (0, 1), value=True)
+                targets = targets.masked_fill(boundary, IGNORE_INDEX)
         if targets.shape != tokens.shape:
             raise ValueError(
                 f"targets {tuple(targets.shape)} must match tokens {tuple(tokens.shape)}"
             )
-        hidden, balance = self.trunk(tokens)
+        cos, sin, doc_mask = self._layout(tokens, 0, doc_ids)
+        hidden, balance = self._trunk(tokens, cos, sin, 0, doc_mask)
         main = self.head_loss(hidden, targets)
         depth_losses: list[Tensor] = []
         if mtp and len(self.mtp):
             # Every depth runs on all T positions (one shape for every block under compile):
             # the last k positions have no token k ahead, get a padding embedding and ignored
             # targets, and causal attention keeps them from affecting earlier positions.
-            seqlen = tokens.shape[1]
-            cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
             prev = hidden
             for k, module in enumerate(self.mtp, start=1):
                 ahead = F.pad(tokens[:, k:], (0, k), value=0)  # t_{i+k}
-                prev, depth_balance = module(prev, self.embed_tokens(ahead), cos, sin)
                 depth_targets = F.pad(targets[:, k:], (0, k), value=IGNORE_INDEX)
+                if doc_ids is not None:  # t_{i+k} in another document: as past the end
+                    crossed = F.pad(doc_ids[:, k:] != doc_ids[:, : max(doc_ids.shape[1] - k, 0)],
+                                    (0, k), value=True)
+                    ahead = ahead.masked_fill(crossed, 0)
+                    depth_targets = depth_targets.masked_fill(crossed, IGNORE_INDEX)
+                prev, depth_balance = module(prev, self.embed_tokens(ahead), cos, sin, doc_mask)
                 depth_losses.append(self.head_loss(prev, depth_targets))
                 balance = _add(balance, depth_balance)
         mtp_loss = (

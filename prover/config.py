@@ -6,9 +6,10 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 `--config` reproduces the run.
 
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
-[rollout], [training], [grpo] (the RL objective), [learner] (the learner's mesh, policy.mesh.ShardingConfig),
-[fleet] (the Ray actors), [benchmark], [curate]. Defaults name their source: GRPO values follow
-DeepSeekMath (Shao et al. 2024) and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
+[rollout], [training] (optimiser, schedule, checkpoints: shared by every trainer), [sft], [grpo] (the RL
+objective), [learner] (the learner's mesh, policy.mesh.ShardingConfig), [fleet] (the Ray actors),
+[benchmark], [curate]. Defaults name their source: GRPO values follow DeepSeekMath (Shao et al. 2024)
+and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
 samples per problem of pass@k and of `prove`); the expert-balancing speed is the model's own
@@ -106,24 +107,78 @@ class FleetConfig(BaseModel):
 
 
 class TrainingConfig(BaseModel):
-    """The learner: GRPO (and SFT) optimisation."""
+    """The optimiser, schedule and checkpoints every trainer shares (SFT here, GRPO in its own
+    section for what is GRPO's alone). AdamW (Loshchilov & Hutter 2019) with linear warm-up then
+    cosine decay (Loshchilov & Hutter 2017, SGDR), as DeepSeek-V3 and most LM fine-tuning."""
 
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: Literal["grpo", "sft"] = Field("grpo", description="GRPO with verified rewards, or supervised fine-tuning.")
     learning_rate: float = Field(
-        1e-6, gt=0, description="AdamW learning rate. 1e-6 as in DeepSeekMath's GRPO (and TRL's default)."
-    )
-    kl_coef: float = Field(
-        0.04, ge=0, description="beta, weight of the KL penalty to the reference policy. 0.04 as in DeepSeekMath."
-    )
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="epsilon of the clipped surrogate objective (PPO, DeepSeekMath).")
-    steps: int = Field(1000, ge=1, description="Optimizer steps.")
-    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward/backward pass.")
+        1e-6, gt=0, description="Peak AdamW learning rate (after warm-up). 1e-6 as in DeepSeekMath's GRPO "
+        "(and TRL's GRPO default); SFT usually wants more (1e-5 to 1e-4, examples/sft-cpu.toml).")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="After warm-up: cosine decay from learning_rate to min_lr_ratio * learning_rate "
+        "at the last step, or constant.")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to learning_rate.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Cosine schedule: the final learning rate as a fraction of the peak "
+        "(0.1 as DeepSeek-V3's decay to 10%).")
+    steps: int = Field(1000, ge=1, description="Optimizer steps (the schedule's length).")
+    micro_batch_size: int = Field(4, ge=1, description="Rows (sequences, or packed rows) per forward/backward pass.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order and initialisation.")
-    save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping: the global L2 norm is scaled down to this.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (TRL's default 0).")
+    adam_betas: tuple[float, float] = Field(
+        (0.9, 0.95), description="AdamW (beta1, beta2); (0.9, 0.95) as DeepSeek-V3 (sec. 4.2).")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for data order, held-out split and dropout-free init.")
+    device: str = Field("auto", description="Training device: auto (cuda when available, else cpu), cpu, cuda, cuda:N.")
+    save_every: int = Field(100, ge=1, description="Steps between checkpoints (one is always written at the end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept; older ones are removed after a new one is complete.")
+    eval_every: int = Field(100, ge=1, description="Steps between held-out evaluations (and one at the end).")
+    log_every: int = Field(1, ge=1, description="Steps between metrics.jsonl / TensorBoard rows.")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"training.warmup_steps = {self.warmup_steps} exceeds training.steps = {self.steps}")
+        beta1, beta2 = self.adam_betas
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"training.adam_betas = {list(self.adam_betas)}: each must be in [0, 1)")
+        return self
+
+
+class SFTConfig(BaseModel):
+    """Supervised fine-tuning data (`prover sft`): what is trained on, and how it is cut.
+
+    Prompts come from the same templates as `prove` and `bench` (`rollout.prompt_template` for
+    Lean files, `tactic_template` for tactic rows), so what is trained is what is sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: str | None = Field(
+        None, description="The corpus, a jsonl file; one row per example in `format`.")
+    format: Literal["lean-files", "prompt-completion", "tactic"] = Field(
+        "lean-files", description="lean-files: rows {name, code} of complete Lean files (as "
+        "minif2f_valid_proofs.jsonl), each matched to its problem in `problems` and turned into the "
+        "template's prompt and the proof as completion; prompt-completion: rows {prompt, completion} "
+        "used as they are; tactic: rows {state (or goals: [..]), tactic} with `tactic_template`.")
+    problems: str = Field(
+        "minif2f-valid", description="lean-files: the problem set the proofs belong to (suite name, "
+        ".jsonl/.lean path or hf:owner/name); the prompt is built from the problem, not the file.")
+    tactic_template: str = Field(
+        "bfs-prover", description="tactic: the state -> tactic prompt of best-first search "
+        "(prover/search/best_first.py TACTIC_TEMPLATES: bfs-prover, gptf).")
+    limit: int | None = Field(None, ge=1, description="Only the first N rows of the corpus (smoke runs).")
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of examples held out (a seeded draw, training.seed) for the "
+        "evaluation loss; 0 = no evaluation.")
+    max_seq_len: int = Field(
+        2048, ge=8, description="Longest row, tokens: prompt + completion + EOS (or packed sequences); longer "
+        "examples are skipped and counted, never truncated (a cut proof teaches a wrong end).")
+    pack: bool = Field(
+        True, description="Pack several examples per row with document-aware attention (our policy only; "
+        "other models train one example per row).")
+    mtp: bool = Field(True, description="Our policy: add the multi-token-prediction loss (DeepSeek-V3 sec. 2.2).")
 
 
 AdvantageEstimator = Literal["grpo", "dr_grpo"]
@@ -342,6 +397,7 @@ class ProverConfig(BaseModel):
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)

@@ -19,7 +19,7 @@ from prover.config import (
 def test_defaults_are_valid_and_documented() -> None:
     config = resolve_config()
     assert config == ProverConfig(), config
-    assert config.verifier.timeout_s == 60.0 and config.training.kl_coef == 0.04, config
+    assert config.verifier.timeout_s == 60.0 and config.training.max_grad_norm == 1.0, config
     # Every field of every section carries help text (units, default's source).
     def undocumented(model: type, prefix: str) -> list[str]:
         missing = []

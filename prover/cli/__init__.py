@@ -1,6 +1,6 @@
 """`prover`: the command-line interface, a thin typer shell over library functions.
 
-Groups: prove, train, bench, distill, lean, model, data, config. Logging is configured here (and only
+Groups: prove, train, sft, bench, distill, lean, model, data, config. Logging is configured here (and only
 here), from the global `--log-level` (`prover.logs`). stdout carries a command's result and
 nothing else; logs, progress and errors go to stderr.
 
@@ -30,7 +30,7 @@ from typer._click.exceptions import (  # typer vendors click
 from typer.core import TyperGroup
 
 import prover
-from prover.cli import bench, data, distill, lean, model, prove, train
+from prover.cli import bench, data, distill, lean, model, prove, sft, train
 from prover.cli import config as config_cli
 from prover.cli.common import (
     EXIT_INTERNAL,
@@ -138,6 +138,7 @@ app = typer.Typer(
 )
 app.add_typer(prove.app, name="prove")
 app.add_typer(train.app, name="train")
+app.command("sft")(sft.sft)
 app.add_typer(bench.app, name="bench")
 app.add_typer(distill.app, name="distill")
 app.add_typer(lean.app, name="lean")

@@ -1,0 +1,388 @@
+"""Supervised fine-tuning (`prover sft`): our policy, or any Hugging Face causal LM, on a corpus.
+
+The loop is plain (nanoGPT's shape): each optimizer step takes `gradient_accumulation`
+micro-batches of `micro_batch_size` rows, backpropagates the mean cross-entropy over the
+step's completion tokens (the prompt is never a target: prover.rl.packing), clips the global
+gradient norm, steps AdamW and the warm-up + cosine schedule (prover.rl.schedule), and for our
+policy adds the MTP loss and lets the aux-loss-free balancing bias move after each step
+(policy.balancing, an optimizer post-step hook). Every `eval_every` steps the mean loss on a
+held-out split is logged; every `save_every` steps (and at the end, and on Ctrl-C / SIGTERM) an
+atomic checkpoint is written (prover.rl.checkpointing), which vLLM and `prover bench` load.
+
+Running the same command on the same folder continues from the newest complete checkpoint:
+weights, optimizer moments, schedule, RNG and the data cursor are restored, metrics.jsonl rows
+past that checkpoint are dropped (prover.rl.metrics), so after a kill -9 the run goes on as if
+it had never stopped, losing only the steps after its last checkpoint.
+
+Data order: epoch e trains on the training examples in a permutation drawn from
+`training.seed + e`, packed into rows in that order (or one per row); the cursor is (epoch,
+row). The held-out split is a seeded draw of `sft.eval_fraction` of the examples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policy.model import IGNORE_INDEX, Transformer
+from prover.config import ProverConfig, read_config_file
+from prover.errors import UserError
+from prover.rl.checkpointing import CHECKPOINTS_DIR, Checkpointer, load_model
+from prover.rl.corpus import load_corpus
+from prover.rl.metrics import METRICS_NAME, TENSORBOARD_DIR, MetricsLog, StepProgress
+from prover.rl.packing import (
+    Batch,
+    Row,
+    TokenizedExample,
+    collate,
+    pack,
+    tokenize_example,
+    unpacked,
+)
+from prover.rl.schedule import make_scheduler
+from prover.runs import (
+    CONFIG_NAME,
+    SUMMARY_NAME,
+    RunDirError,
+    config_differences,
+    interrupts_held,
+    sigterm_as_interrupt,
+    with_absolute_paths,
+)
+
+logger = logging.getLogger(__name__)
+
+SFT_RUN_FILES = (CONFIG_NAME, SUMMARY_NAME, METRICS_NAME)
+SFT_RUN_DIRS = (CHECKPOINTS_DIR, TENSORBOARD_DIR)
+
+
+class SFTInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training; a checkpoint of the last finished step was written."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"interrupted after step {step}; checkpoint {checkpoint} (run the same command to continue)")
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+@dataclass
+class SFTData:
+    """Tokenized examples: `train` and `held_out`, and what was left out (with reasons)."""
+
+    train: list[TokenizedExample]
+    held_out: list[TokenizedExample]
+    skipped: list[str] = field(default_factory=list)
+    too_long: int = 0
+
+
+def split_held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, held out): a seeded draw of round(fraction * n) held-out examples (at least
+    one when fraction > 0 and n > 1), each list in corpus order."""
+    n_eval = 0 if fraction <= 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = sorted(order[:n_eval])
+    chosen = set(held)
+    return [i for i in range(n) if i not in chosen], held
+
+
+def prepare_data(config: ProverConfig, tokenizer: Any) -> SFTData:
+    """The corpus of `config.sft`, as token sequences, split, too-long examples dropped."""
+    sft = config.sft
+    if sft.corpus is None:
+        raise UserError("sft.corpus: no corpus given (pass --corpus FILE or set [sft] corpus in the config)")
+    examples, skipped = load_corpus(Path(sft.corpus), sft.format, problems=sft.problems,
+                                    template=config.rollout.prompt_template, tactic_template=sft.tactic_template,
+                                    tokenizer=tokenizer, limit=sft.limit)
+    tokenized = [tokenize_example(tokenizer, e.prompt, e.completion) for e in examples]
+    fits = [i for i, t in enumerate(tokenized) if len(t.tokens) <= sft.max_seq_len]
+    if not fits:
+        longest = min(len(t.tokens) for t in tokenized)
+        raise UserError(f"sft.max_seq_len = {sft.max_seq_len}: every example is longer (the shortest has "
+                        f"{longest} tokens)")
+    train_idx, held_idx = split_held_out(len(fits), sft.eval_fraction, config.training.seed)
+    return SFTData(train=[tokenized[fits[i]] for i in train_idx], held_out=[tokenized[fits[i]] for i in held_idx],
+                   skipped=skipped, too_long=len(tokenized) - len(fits))
+
+
+def epoch_rows(examples: Sequence[TokenizedExample], epoch: int, seed: int, max_len: int, packed: bool) -> list[Row]:
+    """The rows of one epoch: the examples in the permutation of `seed + epoch`, packed or not."""
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    shuffled = [examples[i] for i in order]
+    return pack(shuffled, max_len) if packed else unpacked(shuffled)
+
+
+class BatchStream:
+    """Micro-batches over epochs from a cursor {epoch, row} (the next row to train on)."""
+
+    def __init__(self, examples: Sequence[TokenizedExample], *, micro_batch_size: int, seed: int, max_len: int,
+                 packed: bool, pad_id: int, cursor: dict[str, Any] | None = None) -> None:
+        self.examples, self.micro_batch_size = examples, micro_batch_size
+        self.seed, self.max_len, self.packed, self.pad_id = seed, max_len, packed, pad_id
+        self.epoch = int((cursor or {}).get("epoch", 0))
+        self.row = int((cursor or {}).get("row", 0))
+        self._rows = epoch_rows(examples, self.epoch, seed, max_len, packed)
+
+    @property
+    def cursor(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "row": self.row}
+
+    def next_batch(self) -> Batch:
+        if self.row >= len(self._rows):
+            self.epoch, self.row = self.epoch + 1, 0
+            self._rows = epoch_rows(self.examples, self.epoch, self.seed, self.max_len, self.packed)
+        rows = self._rows[self.row:self.row + self.micro_batch_size]
+        self.row += len(rows)
+        return collate(rows, self.pad_id)
+
+
+# -- loss ------------------------------------------------------------------------------------------
+
+@dataclass
+class MicroLoss:
+    """A micro-batch's losses: `loss` to backpropagate (mean per trained token, with MTP and
+    balance terms for our policy), `main_sum` the summed next-token cross-entropy, `mtp` the
+    weighted MTP term (or None), `tokens` the trained tokens."""
+
+    loss: Tensor
+    main_sum: float
+    mtp: float | None
+    tokens: int
+
+
+def micro_batch_loss(model: nn.Module, batch: Batch, *, packed: bool, mtp: bool) -> MicroLoss:
+    """Loss of one micro-batch. Our policy: its own `loss` (document-aware with `packed`); any
+    other causal LM: cross-entropy of its logits (padding masked by the attention mask)."""
+    tokens = batch.trained_tokens
+    if isinstance(model, Transformer):
+        out = model.loss(batch.tokens, targets=batch.targets, mtp=mtp, doc_ids=batch.doc_ids if packed else None)
+        return MicroLoss(out.loss, float(out.main.detach()) * tokens,
+                         None if out.mtp is None else float(out.mtp.detach()), tokens)
+    logits = model(input_ids=batch.tokens, attention_mask=batch.attention_mask.long()).logits
+    total = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return MicroLoss(total / max(tokens, 1), float(total.detach()), None, tokens)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, examples: Sequence[TokenizedExample], *, micro_batch_size: int, max_len: int,
+             packed: bool, pad_id: int, device: torch.device) -> float:
+    """Mean next-token cross-entropy (nats per completion token) over `examples`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    rows = pack(examples, max_len) if packed else unpacked(examples)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(rows), micro_batch_size):
+            batch = collate(rows[start:start + micro_batch_size], pad_id).to(device)
+            with _autocast(device):
+                out = micro_batch_loss(model, batch, packed=packed, mtp=False)
+            total, count = total + out.main_sum, count + out.tokens
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (float32 master weights); nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"training.device = {name!r}, but torch sees no CUDA device")
+    return device
+
+
+# -- the run folder --------------------------------------------------------------------------------
+
+def prepare_run_dir(out: Path, config: ProverConfig, *, force: bool = False) -> bool:
+    """Make `out` ready before any work; True when an earlier run there is continued.
+
+    A folder with an earlier SFT run of the same config is continued (its newest complete
+    checkpoint); a different config is refused, as is a non-empty folder that is not a run,
+    unless `force` (the run's own files are removed first)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: not a folder (the output folder of a run)")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if force:
+        for name in SFT_RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for name in SFT_RUN_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+    if (out / CONFIG_NAME).is_file():
+        stored = read_config_file(out / CONFIG_NAME)
+        current = with_absolute_paths(config).model_dump(mode="json", exclude_none=True)
+        differences = config_differences(stored, current)
+        if differences:
+            shown = "; ".join(differences[:3]) + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
+            raise RunDirError(f"{out}: holds a run with a different config: {shown}; pass the same options to "
+                              "continue it, --force to start over, or another --out")
+        return True
+    if present:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise RunDirError(f"{out}: folder is not empty ({shown}) and holds no run; pass --force or another --out")
+    return False
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_stream: IO[str] | None = None,
+            tty: bool | None = None) -> dict[str, Any]:
+    """Fine-tune `config.policy.checkpoint` on `config.sft` into run folder `out` (continuing an
+    earlier run there), and return the summary (also written to out/summary.json).
+    Raises SFTInterrupted on Ctrl-C / SIGTERM, after checkpointing the last finished step."""
+    from policy.tokenizer import load_tokenizer
+    from prover.checkpoints import resolve_model
+    from prover.config import write_resolved_config
+
+    train_cfg, sft = config.training, config.sft
+    if config.policy.checkpoint is None:
+        raise UserError("no model to fine-tune: pass --model DIR (a Hugging Face folder or hub id)")
+
+    def local(value: str | None) -> str | None:   # paths made absolute: the record re-runs anywhere
+        return os.path.abspath(value) if value is not None and Path(value).exists() else value
+
+    sft = sft.model_copy(update={"corpus": local(sft.corpus), "problems": local(sft.problems)})
+    config = with_absolute_paths(config.model_copy(update={"sft": sft, "output_dir": out}))
+    resumed = prepare_run_dir(out, config, force=force)
+    source = resolve_model(str(config.policy.checkpoint))   # a folder, or a hub id -> its local folder
+    checkpoints = Checkpointer(out, keep_last=train_cfg.keep_last)
+    latest = checkpoints.latest() if resumed else None
+    tokenizer = load_tokenizer(config.policy.tokenizer or source)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = prepare_data(config, tokenizer)
+    write_resolved_config(config, out)
+
+    device = resolve_device(train_cfg.device)
+    torch.manual_seed(train_cfg.seed)
+    model = load_model(latest or source, device)
+    is_policy = isinstance(model, Transformer)
+    packed = sft.pack and is_policy
+    if sft.pack and not is_policy:
+        logger.warning("sft.pack needs our policy's document-aware attention; %s trains one example per row", source)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate, betas=train_cfg.adam_betas,
+                                  weight_decay=train_cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, train_cfg)
+    if is_policy:
+        from policy.balancing import expert_load, max_violation, register_bias_update_hook
+
+        register_bias_update_hook(optimizer, model)
+    step, cursor, counters = 0, None, {"tokens": 0}
+    if latest is not None:
+        state = checkpoints.restore(latest, optimizer=optimizer, scheduler=scheduler, map_location=device)
+        step, cursor, counters = state.step, state.cursor, {"tokens": 0, **state.counters}
+        logger.info("continuing %s from %s (step %d)", out, latest, step)
+    stream = BatchStream(data.train, micro_batch_size=train_cfg.micro_batch_size, seed=train_cfg.seed,
+                         max_len=sft.max_seq_len, packed=packed, pad_id=pad_id, cursor=cursor)
+
+    def save() -> Path:
+        return checkpoints.save(step, model=model, optimizer=optimizer, scheduler=scheduler, cursor=stream.cursor,
+                                config=config, tokenizer=tokenizer, counters=counters)
+
+    def eval_loss() -> float | None:
+        if not data.held_out:
+            return None
+        return evaluate(model, data.held_out, micro_batch_size=train_cfg.micro_batch_size, max_len=sft.max_seq_len,
+                        packed=packed, pad_id=pad_id, device=device)
+
+    started = time.perf_counter()
+    last: dict[str, Any] = {}
+    saved_step = step if latest is not None else None
+    progress = StepProgress(train_cfg.steps, done=step, stream=progress_stream or sys.stderr, tty=tty)
+    metrics = MetricsLog(out, resume_step=step if latest is not None else None)
+    try:
+        with sigterm_as_interrupt():
+            try:
+                while step < train_cfg.steps:
+                    tick = time.perf_counter()
+                    micro = [stream.next_batch().to(device) for _ in range(train_cfg.gradient_accumulation)]
+                    step_tokens = sum(b.trained_tokens for b in micro)
+                    main_sum, mtp_terms = 0.0, []
+                    for batch in micro:
+                        with _autocast(device):
+                            out_loss = micro_batch_loss(model, batch, packed=packed, mtp=sft.mtp)
+                        # Each micro-batch's mean weighted by its share of the step's tokens: the
+                        # step's loss is the mean over all its completion tokens.
+                        (out_loss.loss * (out_loss.tokens / max(step_tokens, 1))).backward()
+                        main_sum += out_loss.main_sum
+                        if out_loss.mtp is not None:
+                            mtp_terms.append(out_loss.mtp * out_loss.tokens / max(step_tokens, 1))
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
+                    row: dict[str, Any] = {
+                        "loss": main_sum / max(step_tokens, 1), "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm, "tokens": step_tokens}
+                    if mtp_terms:
+                        row["mtp_loss"] = sum(mtp_terms)
+                    if is_policy:
+                        load = expert_load(model)
+                        if load.numel():
+                            row["expert_max_violation"] = float(max_violation(load).mean())
+                    with interrupts_held():   # the step, its counters and its metrics row go together
+                        optimizer.step()   # (the balancing hook runs here)
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        step += 1
+                        counters["tokens"] = int(counters["tokens"]) + step_tokens
+                        row |= {"tokens_seen": counters["tokens"], "epoch": stream.epoch,
+                                "step_s": round(time.perf_counter() - tick, 3)}
+                        if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+                            metrics.log(step, row)
+                    last = row
+                    progress.step(loss=row["loss"], lr=row["lr"])
+                    if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+                        held = eval_loss()
+                        if held is not None:
+                            with interrupts_held():
+                                metrics.log(step, {"eval_loss": held})
+                            last["eval_loss"] = held
+                    if step % train_cfg.save_every == 0 or step == train_cfg.steps:
+                        save()
+                        saved_step = step
+            except KeyboardInterrupt:
+                checkpoint = save() if saved_step != step else checkpoints.latest()
+                assert checkpoint is not None
+                raise SFTInterrupted(step, checkpoint) from None
+    finally:
+        progress.close()
+        metrics.close()
+    final = checkpoints.latest()
+    summary = {
+        "command": "sft", "complete": True, "steps": step, "checkpoint": str(final),
+        "train_loss": last.get("loss"), "eval_loss": last.get("eval_loss"),
+        "examples": len(data.train), "held_out": len(data.held_out), "skipped": len(data.skipped),
+        "too_long": data.too_long, "tokens_seen": counters["tokens"], "packed": packed,
+        "model": str(source), "resumed_from": str(latest) if latest else None,
+        "seconds": round(time.perf_counter() - started, 2), "output_dir": str(out)}
+    tmp = out / f".{SUMMARY_NAME}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / SUMMARY_NAME)
+    if not math.isfinite(float(summary["train_loss"] or 0.0)):
+        logger.warning("the training loss is not finite (%s)", summary["train_loss"])
+    return summary
