@@ -4,16 +4,9 @@ verdicts are a test double's, not Lean's)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 
 from prover.config import ConfigError, parse_assignments
