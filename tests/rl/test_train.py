@@ -4,9 +4,16 @@ verdicts are a test double's, not Lean's)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from prover.config import ConfigError, parse_assignments
@@ -38,3 +45,122 @@ def test_set_flags_parse_toml_values_and_refuse_malformed_ones() -> None:
     for bad in ("training.steps", "=3", "a..b=1"):
         with pytest.raises(ConfigError, match="expected KEY=VALUE"):
             parse_assignments([bad])
+
+
+# -- the real path: Ray actors, vLLM, weight sync, stand-in REPL processes -------------------------
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+       "VLLM_NO_USAGE_STATS": "1", "RAY_USAGE_STATS_ENABLED": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
+PROVER = [sys.executable, "-c", "from prover.cli import main; main()"]
+
+
+def _prover(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*PROVER, *args], capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
+    assert result.returncode == 0, (args, result.returncode, result.stderr[-3000:])
+    return result
+
+
+def _config(path: Path, example: str, changes: dict[str, dict[str, object]]) -> Path:
+    import tomllib
+
+    import tomli_w
+
+    tree = tomllib.loads((ROOT / "examples" / example).read_text(encoding="utf-8"))
+    for section, values in changes.items():
+        node = tree
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+        node.update(values)
+    path.write_text(tomli_w.dumps(tree), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def warm_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/sft-cpu.toml's cold start of the tiny policy on the synthetic set (its last checkpoint)."""
+    root = tmp_path_factory.mktemp("grpo")
+    _prover("model", "init", "--preset", "tiny", "--out", str(root / "tiny"), "--seed", "0")
+    config = _config(root / "sft.toml", "sft-cpu.toml", {"policy": {"checkpoint": str(root / "tiny")}})
+    summary = json.loads(_prover("sft", "--config", str(config), "--out", str(root / "sft"), "--json").stdout)
+    return Path(summary["checkpoint"])
+
+
+def _metrics(run: Path) -> list[dict[str, object]]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_grpo_example_learns_through_ray_vllm_and_the_standin(warm_start: Path, tmp_path: Path) -> None:
+    """The CPU example (examples/train-cpu-standin.toml), as it is but for the warm start's path:
+    mean reward over the last fifth of the steps is at least 0.2 above the first fifth."""
+    config = _config(tmp_path / "train.toml", "train-cpu-standin.toml", {"policy": {"checkpoint": str(warm_start)}})
+    run = tmp_path / "run"
+    summary = json.loads(_prover("train", "--config", str(config), "--out", str(run), "--json", timeout=900).stdout)
+    rows = _metrics(run)
+    steps = summary["steps"]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)), [r["step"] for r in rows]
+    rewards = [float(r["reward_mean"]) for r in rows]  # type: ignore[arg-type]
+    fifth = steps // 5
+    first, last = sum(rewards[:fifth]) / fifth, sum(rewards[-fifth:]) / fifth
+    assert last >= first + 0.2, f"first fifth {first:.3f}, last fifth {last:.3f}: {rewards}"
+    assert (summary["reward_first_fifth"], summary["reward_last_fifth"]) == pytest.approx((first, last))
+    assert summary["judged_by"] == "stand-in REPL (a test double, not Lean)", summary
+    for key in ("time_generate_s", "time_verify_s", "time_learn_s", "time_weight_sync_s", "entropy", "clip_fraction",
+                "is_weight_mean", "expert_maxvio_mean", "response_length_mean", "tokens_per_s"):
+        assert all(key in r for r in rows), f"{key} missing from metrics rows"
+    checkpoint = Path(summary["checkpoint"])
+    assert checkpoint.name == f"step-{steps:08d}" and (checkpoint / "config.json").is_file(), summary
+    report = json.loads(_prover("train", "report", str(run), "--json").stdout)
+    assert Path(report["png"]).stat().st_size > 10_000, report
+
+
+def _run_processes(marker: str) -> list[psutil.Process]:
+    """Processes whose command line or environment mentions `marker` (the run folder)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_the_same_command_continues(warm_start: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = _config(tmp_path / "train.toml", "train-cpu-standin.toml", {
+        "policy": {"checkpoint": str(warm_start)}, "training": {"steps": 6, "save_every": 2},
+        "rollout": {"prompts_per_step": 4}, "policy.sampling": {"n": 4}})
+    args = ["train", "--config", str(config), "--out", str(run)]
+    process = subprocess.Popen([*PROVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 400
+    while len(_metrics(run)) < 3:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no third step within 400 s"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    before = _metrics(run)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert checkpoints and checkpoints[-1] in ("step-00000002", "step-00000004"), checkpoints
+    kept = int(checkpoints[-1].split("-")[1])
+    time.sleep(5)   # the run's actors and REPLs notice their driver is gone
+    left = [p for p in psutil.Process().children(recursive=True)] + [
+        p for p in psutil.process_iter() if p.pid != os.getpid() and _session(p) == process.pid]
+    assert not left, f"processes left behind by the killed run: {[(p.pid, p.name()) for p in left]}"
+
+    _prover(*args, timeout=600)
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6], [r["step"] for r in rows]
+    assert rows[:kept] == before[:kept], "rows up to the checkpoint are kept as they were"
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == kept
+
+
+def _session(proc: psutil.Process) -> int | None:
+    try:
+        return os.getsid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
