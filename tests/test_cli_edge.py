@@ -320,10 +320,20 @@ def test_version_and_short_help() -> None:
         assert result.exit_code == 0 and "Usage: prover" in result.stdout, f"{args}: {result.output}"
 
 
-def test_empty_groups_say_not_yet_available() -> None:
-    for group in ("train",):
-        line = _one_error_line(_run(group))
-        assert f"`prover {group}` is not yet available" in line, line
+def test_train_mistakes_are_one_line_before_any_work(tmp_path: Path) -> None:
+    """Checked before Ray, engines or REPLs start: each is one line and exit 2."""
+    model = tmp_path / "no-model"
+    cases = [
+        (["train"], "policy.sampling.n = 1"),
+        (["train", "--set", "policy.sampling.n=4"], "no policy to train"),
+        (["train", "--set", "policy.sampling.n=4", "--model", str(model)], "no problems to train on"),
+        (["train", "--set", "training.steps"], "expected KEY=VALUE"),
+        (["train", "--set", "grpo.policy_loss=ppo2"], "grpo.policy_loss"),
+    ]
+    for args, expected in cases:
+        result = _run(*args)
+        line = _one_error_line(result)
+        assert result.exit_code == 2 and expected in line, (args, result.exit_code, line)
 
 
 def test_config_show_lists_every_field_with_default_and_description(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from prover.errors import CannotCheck, UserError
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED",
            "EXIT_USAGE", "SEED_MAX", "CannotCheck", "ForceOption", "JsonFlag", "ResumeOption",
            "StandinOption", "TemplateOption", "TimeoutOption", "WorkersOption", "UserError", "config_from_context",
-           "console", "err_console", "exit_code_for", "not_yet_available", "print_json"]
+           "console", "err_console", "exit_code_for", "print_json"]
 
 # Exit codes: each means one thing, for every command.
 EXIT_OK = 0             # yes: proved, accepted, everything found
@@ -81,18 +81,3 @@ def config_from_context(ctx: typer.Context, overrides: dict[str, Any] | None = N
     root = ctx.find_root()
     config_file = (root.obj or {}).get("config_file") if isinstance(root.obj, dict) else None
     return resolve_config(config_file, overrides)
-
-
-def not_yet_available(group: str, stage: str, help: str) -> typer.Typer:
-    """A command group whose commands land with a later stage: it says so (exit 2) instead of
-    showing an empty list of commands."""
-    app = typer.Typer(help=f"{help} Not yet available: lands with the {stage} stage.",
-                      invoke_without_command=True)
-
-    @app.callback()
-    def _not_yet(ctx: typer.Context) -> None:
-        if ctx.invoked_subcommand is None:
-            raise UserError(f"`prover {group}` is not yet available: it lands with the {stage} "
-                            "stage (see the README's 'What works today')")
-
-    return app

@@ -68,13 +68,14 @@ def train(
         return
     from prover.cli.lean import open_verifier
     from prover.config import parse_assignments, resolve_config
-    from prover.rl.train import TrainInterrupted, run_train
+    from prover.rl.train import TrainInterrupted, preflight, run_train
 
     overrides = {**parse_assignments(assignments or []),
                  **{k: v for k, v in {"output_dir": out, "policy.checkpoint": model, "rollout.problems": problems,
                                       "training.steps": steps, "fleet.ray_address": ray_address}.items()
                     if v is not None}}
     config = resolve_config(config_file, overrides) if config_file else config_from_context(ctx, overrides)
+    preflight(config)
     # The verifier is built here once, before any actor starts: no Lean and no --standin is exit 3 now.
     verifier = open_verifier(config.verifier, standin).config
     config = config.model_copy(update={"verifier": verifier, "run": config.run.model_copy(update={

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -41,9 +42,10 @@ from ray.exceptions import RayActorError
 
 from prover.config import ProverConfig
 from prover.fleet.actors import Learner, LearnerWorker, RolloutWorker, VerifierWorker
-from prover.fleet.supervisor import ActorPool, remote_class
+from prover.fleet.supervisor import ActorPool, reap_recorded, record_processes, remote_class
 from prover.problems import Problem
 from prover.rl.episodes import Episode
+from prover.rl.rewards import fill_informative
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +103,13 @@ class _Shard:
 class Fleet:
     """The fleet's actors, alive inside `with`; see the module docstring."""
 
-    def __init__(self, config: ProverConfig, *, learner: Callable[[], Learner] | None = None) -> None:
+    def __init__(self, config: ProverConfig, *, learner: Callable[[], Learner] | None = None,
+                 process_record: Path | None = None) -> None:
+        """process_record: a file (in the run folder) listing the processes this fleet started, so
+        that the next fleet given the same file kills those an earlier, SIGKILLed driver left."""
         self.config = config
         self.learner_factory = learner
+        self.process_record = process_record
         self.version = 0
         self._weights: Any = None          # ObjectRef of the latest weights pushed
         self._owns_ray = False
@@ -114,6 +120,8 @@ class Fleet:
 
     def __enter__(self) -> Fleet:
         fleet = self.config.fleet
+        if self.process_record is not None:
+            reap_recorded(self.process_record)
         if not ray.is_initialized():
             if fleet.ray_address is not None:
                 ray.init(address=fleet.ray_address, log_to_driver=False)
@@ -131,6 +139,7 @@ class Fleet:
                                        fleet.verifier_workers, options=cpus, max_restarts=fleet.max_restarts)
             if self.learner_factory is not None:
                 self.learner = remote_class(LearnerWorker).options(**engine).remote(self.learner_factory)
+            self.record()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -146,6 +155,13 @@ class Fleet:
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
+        if self.process_record is not None:
+            self.process_record.unlink(missing_ok=True)
+
+    def record(self) -> None:
+        """Refresh the process record (actors, engines and REPL pools start and restart)."""
+        if self.process_record is not None:
+            record_processes(self.process_record)
 
     # -- rollouts ----------------------------------------------------------------------------------
 
@@ -168,13 +184,14 @@ class Fleet:
             sampled = rollouts[shard.rollout].sample_whole.remote(shard.problems, shard.first_group)
             shard.ref = verifier.judge_whole.remote(sampled)
 
-    def submit(self, problems: Sequence[Problem], kind: str | None = None) -> list[_Shard]:
-        """Start one step's rollouts (problem i is group i) of episode `kind` (default
-        `rollout.episodes`); `collect` waits for them."""
+    def submit(self, problems: Sequence[Problem], kind: str | None = None, *, first_group: int = 0) -> list[_Shard]:
+        """Start one step's rollouts (problem i is group first_group + i) of episode `kind`
+        (default `rollout.episodes`); `collect` waits for them."""
         rollouts, _ = self._pools()
         kind = kind or self.config.rollout.episodes
         size = -(-len(problems) // len(rollouts))
-        shards = [_Shard(list(problems[i:i + size]), i, k, kind) for k, i in enumerate(range(0, len(problems), size))]
+        shards = [_Shard(list(problems[i:i + size]), first_group + i, k, kind)
+                  for k, i in enumerate(range(0, len(problems), size))]
         for shard in shards:
             self._submit(shard)
         return shards
@@ -231,8 +248,29 @@ class Fleet:
 
     # -- training ----------------------------------------------------------------------------------
 
-    def train(self, batches: Iterable[Sequence[Problem]]) -> Iterator[StepReport]:
-        """One learner step per batch of problems, in `fleet.mode`; a report per step."""
+    def _dynamic(self, batch: RolloutBatch, refill: Callable[[int, int], Sequence[Problem]] | None,
+                 ) -> tuple[RolloutBatch, dict[str, float]]:
+        """`grpo.dynamic_sampling`: drop all-equal groups and sample `refill(version, round)`
+        problems until `rollout.prompts_per_step` informative groups are in (DAPO)."""
+        cost = {"generate": batch.generate_s, "verify": batch.verify_s}
+
+        def draw(round_: int, first_group: int) -> list[Episode]:
+            if refill is None:
+                return []
+            more = self.collect(self.submit(refill(self.version, round_), first_group=first_group))
+            cost["generate"] += more.generate_s
+            cost["verify"] += more.verify_s
+            return more.episodes
+
+        grpo = self.config.grpo
+        kept, stats = fill_informative(batch.episodes, draw, want=self.config.rollout.prompts_per_step,
+                                       max_rounds=grpo.max_refill_rounds if refill is not None else 0)
+        return RolloutBatch(kept, cost["generate"], cost["verify"], batch.retried_shards), stats
+
+    def train(self, batches: Iterable[Sequence[Problem]],
+              refill: Callable[[int, int], Sequence[Problem]] | None = None) -> Iterator[StepReport]:
+        """One learner step per batch of problems, in `fleet.mode`; a report per step. With
+        `grpo.dynamic_sampling`, `refill(version, round)` gives the extra problems to sample."""
         if self.learner is None:
             raise RuntimeError("Fleet.train needs a learner (Fleet(config, learner=factory))")
         fleet = self.config.fleet
@@ -248,6 +286,9 @@ class Fleet:
         while pending is not None:
             t0 = time.perf_counter()
             batch = self.collect(pending)
+            dynamic: dict[str, float] = {}
+            if self.config.grpo.dynamic_sampling:
+                batch, dynamic = self._dynamic(batch, refill)
             upcoming = next(queue, None)
             pending = None
             if asynchronous and upcoming is not None:   # overlaps with the learner's step below
@@ -265,7 +306,8 @@ class Fleet:
             versions: dict[int, int] = {}
             for e in batch.episodes:
                 versions[e.policy_version] = versions.get(e.policy_version, 0) + 1
-            yield StepReport(step, version, dict(metrics),
+            self.record()
+            yield StepReport(step, version, {**metrics, **dynamic},
                              StepTimes(wall, batch.generate_s, batch.verify_s, learn_s, sync_s,
                                        max(0.0, wall - learn_s - sync_s)),
                              len(used), len(batch.episodes) - len(used), versions)

@@ -11,8 +11,11 @@ date (a new rollout actor gets the learner's latest weights before any work).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -106,3 +109,59 @@ class ActorPool:
                 log.warning("%s actor did not close cleanly: %s", self.role, exc)
             ray.kill(handle, no_restart=True)
         self.handles = []
+
+
+# -- what a killed driver leaves behind ---------------------------------------------------------------
+#
+# A driver killed with SIGKILL cannot stop the local Ray it started. Ray's head processes follow it,
+# but some of their children do not (its dashboard and runtime-env agents wait on a dead GCS for
+# minutes; they rename themselves, so no command line names the run). So the fleet writes down every
+# process it started (pid and start time, refreshed after every step), and the next fleet started
+# with the same record kills what is still alive of it before starting its own.
+
+def _descendants() -> list[tuple[int, float]]:
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found.append((proc.pid, proc.create_time()))
+    return found
+
+
+def record_processes(path: Path) -> None:
+    """Write this process's descendants (pid, start time) to `path`, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"driver": os.getpid(), "processes": _descendants()}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def reap_recorded(path: Path) -> int:
+    """Kill the processes of an earlier fleet recorded in `path` that are still alive (same pid
+    and start time: never a reused pid) when that fleet's driver is gone; how many were killed."""
+    import psutil
+
+    if not path.is_file():
+        return 0
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        driver, processes = int(record["driver"]), [(int(p), float(t)) for p, t in record["processes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable process record; nothing reaped", path)
+        return 0
+    if driver != os.getpid() and psutil.pid_exists(driver):
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(driver).is_running():
+                raise FleetError(f"{path}: the run's earlier driver (pid {driver}) is still running; stop it first")
+    killed = []
+    for pid, started in processes:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - started) < 1e-3:
+                proc.kill()
+                killed.append(proc)
+    psutil.wait_procs(killed, timeout=10)
+    path.unlink(missing_ok=True)
+    if killed:
+        log.warning("killed %d process(es) left behind by an earlier run (%s)", len(killed), path)
+    return len(killed)

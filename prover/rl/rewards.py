@@ -68,3 +68,25 @@ def informative_groups(episodes: Sequence[Episode]) -> tuple[list[Episode], int]
         else:
             dropped += 1
     return kept, dropped
+
+
+def fill_informative(first: Sequence[Episode], draw: Callable[[int, int], Sequence[Episode]], *, want: int,
+                     max_rounds: int) -> tuple[list[Episode], dict[str, float]]:
+    """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2): keep the informative groups of `first`
+    and, while fewer than `want`, call `draw(round, first_group)` for `want` more problems (their
+    groups numbered from `first_group`), at most `max_rounds` times. Returns the first `want`
+    informative groups' episodes (fewer when the rounds run out) and counts for the metrics."""
+    kept, dropped = informative_groups(first)
+    next_group = max([want - 1, *(e.group for e in first)]) + 1
+    rounds = 0
+    while len(groups(kept)) < want and rounds < max_rounds:
+        rounds += 1
+        more = draw(rounds, next_group)
+        next_group = max([next_group + want - 1, *(e.group for e in more)]) + 1
+        informative, none = informative_groups(more)
+        kept += informative
+        dropped += none
+    chosen = set(list(groups(kept))[:want])
+    return [e for e in kept if e.group in chosen], {
+        "dynamic_refill_rounds": float(rounds), "dynamic_dropped_groups": float(dropped),
+        "dynamic_informative_groups": float(len(chosen))}

@@ -42,6 +42,7 @@ from prover.runs import SUMMARY_NAME, interrupts_held, sigterm_as_interrupt, wit
 logger = logging.getLogger(__name__)
 
 STANDIN_LABEL = "stand-in REPL (a test double, not Lean)"
+PROCESS_RECORD = ".fleet-processes.json"   # what the fleet started: reaped if a killed run left it
 
 
 class TrainInterrupted(Exception):
@@ -69,6 +70,16 @@ def step_problems(problems: Sequence[Problem], step: int, per_step: int, seed: i
             orders[epoch] = order
         out.append(problems[orders[epoch][p % n]])
     return out
+
+
+def preflight(config: ProverConfig) -> list[Problem]:
+    """The checks a GRPO run needs before anything starts (Ray, engines, REPLs): the config's
+    cross-field rules, a policy to start from, and the problem set (loaded and returned)."""
+    check_grpo_run(config)
+    if config.policy.checkpoint is None:
+        raise UserError("no policy to train: pass --model DIR (a Hugging Face folder or hub id; "
+                        "examples/sft-cpu.toml writes a warm start)")
+    return training_problems(config)
 
 
 def training_problems(config: ProverConfig) -> list[Problem]:
@@ -159,12 +170,8 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     from prover.fleet import Fleet
     from prover.rl.sft import prepare_run_dir
 
-    check_grpo_run(config)
-    if config.policy.checkpoint is None:
-        raise UserError("no policy to train: pass --model DIR (a Hugging Face folder or hub id; "
-                        "examples/sft-cpu.toml writes a warm start)")
-    problems = training_problems(config)
-    source = resolve_model(config.policy.checkpoint)
+    problems = preflight(config)
+    source = resolve_model(str(config.policy.checkpoint))
     config = with_absolute_paths(config.model_copy(update={
         "output_dir": out, "policy": config.policy.model_copy(update={"checkpoint": source})}))
     resumed = prepare_run_dir(out, config, force=force)
@@ -190,11 +197,15 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     batches: Iterator[list[Problem]] = (step_problems(problems, s, per_step, config.training.seed)
                                         for s in range(start, steps))
     try:
-        with sigterm_as_interrupt(), Fleet(engines, learner=make_learner) as fleet:
+        with sigterm_as_interrupt(), Fleet(engines, learner=make_learner,
+                                                    process_record=out / PROCESS_RECORD) as fleet:
             if latest is not None:   # the engines' weights are the checkpoint's: say which version they are
                 fleet.push_weights(fleet.learner.weights.remote(), start)
             try:
-                for report in fleet.train(batches):
+                def refill(version: int, round_: int) -> list[Problem]:   # dynamic sampling's extra draws
+                    return step_problems(problems, version, per_step, config.training.seed + 1_000_003 * round_)
+
+                for report in fleet.train(batches, refill):
                     step = report.version
                     t = report.times
                     row = {**report.metrics, "episodes": report.episodes, "stale_dropped": report.dropped_stale,

@@ -8,7 +8,7 @@ import pytest
 from lean_env.verdict import Accepted, NotChecked, Rejected, RejectReason, TimedOut
 from prover.config import GRPOConfig
 from prover.rl.episodes import Episode
-from prover.rl.rewards import informative_groups, overlong_penalty, reward
+from prover.rl.rewards import fill_informative, informative_groups, overlong_penalty, reward
 
 LEAN = "lean 4.19.0 (repl v4.19.0)"
 OFF = GRPOConfig()
@@ -57,3 +57,32 @@ def test_dynamic_sampling_drops_groups_with_equal_rewards() -> None:
                 _episode(2, 0.0)]
     kept, dropped = informative_groups(episodes)
     assert [e.group for e in kept] == [1, 1] and dropped == 2, ([e.group for e in kept], dropped)
+
+
+def _group(group: int, rewards: list[float]) -> list[Episode]:
+    return [Episode(f"p{group}", group, (1,), (2,), (True,), (-0.1,), r, "accepted" if r else "rejected")
+            for r in rewards]
+
+
+def test_dynamic_sampling_refills_until_enough_informative_groups() -> None:
+    """DAPO's dynamic sampling: all-equal groups are dropped and more prompts drawn, numbered after
+    every group seen so far, until `want` informative groups are in; at most `want` are kept."""
+    first = _group(0, [1, 0]) + _group(1, [0, 0]) + _group(2, [1, 1])       # 1 informative of 3
+    calls: list[tuple[int, int]] = []
+
+    def draw(round_: int, first_group: int) -> list[Episode]:
+        calls.append((round_, first_group))
+        if round_ == 1:
+            return _group(first_group, [0, 0]) + _group(first_group + 1, [1, 0]) + _group(first_group + 2, [0, 0])
+        return _group(first_group, [0, 1]) + _group(first_group + 1, [1, 0]) + _group(first_group + 2, [1, 0])
+
+    kept, stats = fill_informative(first, draw, want=3, max_rounds=8)
+    assert calls == [(1, 3), (2, 6)], calls
+    assert sorted({e.group for e in kept}) == [0, 4, 6], sorted({e.group for e in kept})
+    assert stats == {"dynamic_refill_rounds": 2.0, "dynamic_dropped_groups": 4.0,
+                     "dynamic_informative_groups": 3.0}, stats
+
+
+def test_dynamic_sampling_stops_after_its_rounds() -> None:
+    kept, stats = fill_informative(_group(0, [1, 1]), lambda r, g: _group(g, [0, 0]), want=2, max_rounds=3)
+    assert kept == [] and stats["dynamic_refill_rounds"] == 3.0 and stats["dynamic_dropped_groups"] == 4.0, stats
