@@ -65,7 +65,7 @@ def _json_commands(command, path: tuple[str, ...] = ()) -> list[str]:
     return found
 
 
-JSON_CALLS = {
+JSON_CALLS: dict[str, list[str] | None] = {
     "data inspect": ["data", "inspect", "minif2f-valid", "--limit", "3"],
     "data suites": ["data", "suites"],
     "lean doctor": ["lean", "doctor"],
@@ -84,6 +84,13 @@ JSON_CALLS = {
                 "--max-tokens", "4", "--out", "{tmp}/distill", "--standin", str(RULES)],
     "data curate": ["data", "curate", "{proofs}", "--problems", "{problems}", "--verify", "--out", "{tmp}/curate",
                     "--standin", str(RULES)],
+    "model plan": ["model", "plan", "--preset", "tiny", "--gpus", "2", "--gpu-memory", "80"],
+    "sft": ["sft", "--model", "{tiny}", "--corpus", "{pairs}", "--format", "prompt-completion", "--steps", "1",
+            "--device", "cpu", "--out", "{tmp}/sft"],
+    "train report": ["train", "report", "{tmp}/sft"],
+    # Ray, a vLLM engine and REPL pools for a minute: its --json stdout is parsed by
+    # tests/rl/test_train.py::test_grpo_example_learns_through_ray_vllm_and_the_standin.
+    "train": None,
 }
 
 
@@ -97,8 +104,12 @@ def test_every_json_command_prints_one_json_document(tmp_path: Path, tiny: Path,
     problems.write_text("import Mathlib\n\ntheorem b : 1 = 1 := by\n  sorry\n")
     proofs = tmp_path / "proofs.jsonl"
     proofs.write_text(json.dumps({"name": "b", "code": PROOF}) + "\n")
-    values = {"proof": proof, "proofs": proofs, "problems": problems, "tmp": tmp_path, "tiny": tiny}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "theorem b : 1 = 1 := by\n", "completion": "  rfl\n"}) + "\n")
+    values = {"proof": proof, "proofs": proofs, "problems": problems, "tmp": tmp_path, "tiny": tiny, "pairs": pairs}
     for name, args in JSON_CALLS.items():
+        if args is None:
+            continue
         result = _run(*[a.format(**values) for a in args], "--json")
         assert result.exit_code in (EXIT_OK, EXIT_REJECTED), f"{name}: exit {result.exit_code}: {result.output}"
         try:
