@@ -340,6 +340,10 @@ def test_train_mistakes_are_one_line_before_any_work(tmp_path: Path) -> None:
         (["train", "--set", "policy.sampling.n=4", "--model", str(model)], "no problems to train on"),
         (["train", "--set", "training.steps"], "expected KEY=VALUE"),
         (["train", "--set", "grpo.policy_loss=ppo2"], "grpo.policy_loss"),
+        (["train", "--set", "policy.sampling.n=4", "--set", "policy.sampling.max_tokens=4096"],
+         "policy.sampling.max_tokens = 4096 leaves no room for a prompt within policy.max_model_len = 4096"),
+        (["train", "--set", "policy.sampling.n=3", "--set", "rollout.prompts_per_step=5"],
+         "5 x 3 = 15 sequences do not split"),
     ]
     for args, expected in cases:
         result = _run(*args)
