@@ -36,7 +36,7 @@ from prover.errors import UserError
 from prover.problems import Problem, load_problems
 from prover.rl.checkpointing import Checkpointer
 from prover.rl.episodes import Episode
-from prover.rl.metrics import MetricsLog, StepProgress
+from prover.rl.metrics import METRICS_NAME, MetricsLog, StepProgress, read_metrics
 from prover.runs import SUMMARY_NAME, interrupts_held, sigterm_as_interrupt, with_absolute_paths
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,6 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     progress = StepProgress(steps, done=start, stream=progress_stream or sys.stderr, tty=tty)
     metrics = MetricsLog(out, resume_step=start if latest is not None else None)
     logged, saved = start, start if latest is not None else None
-    history: list[float] = []
     batches: Iterator[list[Problem]] = (step_problems(problems, s, per_step, config.training.seed)
                                         for s in range(start, steps))
     try:
@@ -216,8 +215,6 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
                     with interrupts_held():   # the row and the counter that says it is written go together
                         metrics.log(step, row)
                         logged = step
-                    if "reward_mean" in row:
-                        history.append(float(row["reward_mean"]))
                     progress.step(reward=float(row.get("reward_mean", float("nan"))))
                     if step % config.training.save_every == 0 or step == steps:
                         ray.get(fleet.learner.save.remote(str(out)))
@@ -233,7 +230,8 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     finally:
         progress.close()
         metrics.close()
-    fifth = max(1, len(history) // 5)
+    history = [float(r["reward_mean"]) for r in read_metrics(out / METRICS_NAME) if "reward_mean" in r]
+    fifth = max(1, len(history) // 5)   # over the whole run, the steps before a resume included
     first_rewards, last_rewards = history[:fifth], history[-fifth:]
     summary = {
         "command": "train", "complete": True, "steps": steps, "resumed_from_step": start if latest else None,
