@@ -160,7 +160,7 @@ def _global(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML run configuration (sections policy, verifier, rollout, training, benchmark); "
+            help="TOML run configuration (sections policy, verifier, rollout, training, sft, grpo, learner, fleet, benchmark, curate); "
             "command-line flags override it, it overrides the defaults. See `prover config show`.",
             dir_okay=False,
         ),
