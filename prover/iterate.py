@@ -275,8 +275,14 @@ def run_round(config: ProverConfig, out: Path, round_: int, *, model: str, solve
     tick = time.perf_counter()
     sft_summary: dict[str, Any] | None = None
     base = str(config.policy.checkpoint)
-    if corpus:
-        start = base if it.sft_from == "base" else model
+    start: str | None = base if it.sft_from == "base" else model
+    if corpus and it.sft_from == "base" and model != base and corpus == list(corpus_before):
+        # The same corpus from the same base with the same seeds: the last round's model again.
+        say(f"round {round_}: no new proof; the corpus is unchanged, so fine-tuning would repeat the last "
+            f"round's: the model stays {model}")
+        start, model_out = None, model
+    elif corpus:
+        assert start is not None
         sft_summary = _finetune(config, folder / SFT_DIR, start, corpus_path, round_, say)
         model_out = str(sft_summary["checkpoint"])
     else:
