@@ -350,6 +350,7 @@ def run_iterate(config: ProverConfig, out: Path, *, force: bool = False,
     """Expert iteration into `out` for `config.iterate.rounds` rounds, continuing an earlier run
     there; returns the report (also out/report.json and report.md). Raises IterateInterrupted on
     Ctrl-C / SIGTERM (what was done is kept; the same call continues)."""
+    out = Path(os.path.abspath(out))   # the models the report names are found from any folder
     config = _resolved(config, out)
     selection_ids = _selection_ids(config)   # a bad problem set fails here, before any work
     seeds = seed_rows(config)

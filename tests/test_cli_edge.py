@@ -84,6 +84,8 @@ JSON_CALLS = {
                 "--max-tokens", "4", "--out", "{tmp}/distill", "--standin", str(RULES)],
     "data curate": ["data", "curate", "{proofs}", "--problems", "{problems}", "--verify", "--out", "{tmp}/curate",
                     "--standin", str(RULES)],
+    "iterate": ["iterate", "--problems", "{problems}", "--model", "{tiny}", "--engine", "transformers", "--n", "1",
+                "--max-tokens", "4", "--rounds", "1", "--steps", "1", "--out", "{tmp}/iterate", "--standin", str(RULES)],
 }
 
 

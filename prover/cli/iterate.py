@@ -44,8 +44,13 @@ def iterate(
     ] = None,
     split: Annotated[str | None, typer.Option("--split", help="Only this split (default iterate.split).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N problems.")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Generation engine of the proving phases: vllm or transformers (default policy.engine).")
+    ] = None,
     samples: Annotated[int | None, typer.Option(
         "--n", "-n", min=1, help="Samples per problem in each proving phase (default iterate.samples).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", min=1, help="New tokens per sample (default policy.sampling.max_tokens).")] = None,
     steps: Annotated[int | None, typer.Option(
         "--steps", min=1, help="Fine-tuning steps per round (default training.steps).")] = None,
     standin: StandinOption = None,
@@ -65,8 +70,9 @@ def iterate(
     from prover.iterate import IterateInterrupted, run_iterate
 
     overrides = {
-        "output_dir": out, "policy.checkpoint": model, "iterate.rounds": rounds, "iterate.problems": problems,
-        "iterate.split": split, "iterate.limit": limit, "iterate.samples": samples, "training.steps": steps,
+        "output_dir": out, "policy.checkpoint": model, "policy.engine": engine, "iterate.rounds": rounds, "iterate.problems": problems,
+        "iterate.split": split, "iterate.limit": limit, "iterate.samples": samples,
+        "policy.sampling.max_tokens": max_tokens, "training.steps": steps,
         "verifier.backend": "standin" if standin is not None else None, "verifier.standin_rules": standin}
     config = resolve_config(config_file, overrides) if config_file else config_from_context(ctx, overrides)
     config = config.model_copy(update={"run": config.run.model_copy(update={
