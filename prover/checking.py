@@ -20,7 +20,7 @@ from typing import Any
 from lean_env.acceptance import precheck
 from lean_env.verdict import Verdict
 from lean_env.verifier import Verifier, VerifyRequest
-from prover.errors import UserError
+from prover.errors import CannotCheck, UserError
 from prover.problems import Problem, ProblemSetError, read_jsonl_rows
 from prover.runs import count_new
 
@@ -55,6 +55,30 @@ class CheckResult:
         return {"name": self.entry.name, "problem_id": self.problem.id, "origin": self.entry.origin,
                 "outcome": self.outcome, "passed": self.passed,
                 "verdict": self.verdict.to_json() if self.verdict is not None else None}
+
+
+STANDIN_LABEL = "stand-in (not Lean)"   # how every command labels the test double's verdicts
+
+
+def open_verifier(config: Any, standin: Path | None) -> Any:
+    """`lean_env.verifier.make_verifier` for a command: `standin` (a rule table, `--standin`)
+    selects the test double; no toolchain and a bad backend choice become one-line errors
+    (UserError, CannotCheck), never a silent fall-back to the stand-in."""
+    from lean_env.errors import VerifierConfigError
+    from lean_env.toolchain import ToolchainError
+    from lean_env.verifier import make_verifier
+
+    if standin is not None:
+        config = config.model_copy(update={"backend": "standin", "standin_rules": standin})
+    elif config.backend == "standin" and config.standin_rules is None:   # a resolved config names its table
+        raise UserError("verifier.backend 'standin' is the test double; name its rule table with --standin")
+    try:
+        return make_verifier(config)
+    except VerifierConfigError as exc:
+        raise UserError(str(exc)) from None
+    except ToolchainError as exc:
+        raise CannotCheck(f"could not check: no Lean toolchain found: {exc}; or pass --static for "
+                          "the checks that need no Lean") from None
 
 
 def load_proofs(path: Path) -> list[ProofEntry]:

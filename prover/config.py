@@ -8,7 +8,7 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
 [rollout], [training] (optimiser, schedule, checkpoints: shared by every trainer), [sft], [grpo] (the RL
 objective), [learner] (the learner's mesh, policy.mesh.ShardingConfig), [fleet] (the Ray actors),
-[benchmark], [curate]. Defaults name their source: GRPO values follow DeepSeekMath (Shao et al. 2024)
+[benchmark], [curate], [iterate]. Defaults name their source: GRPO values follow DeepSeekMath (Shao et al. 2024)
 and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
@@ -387,6 +387,40 @@ class CurateConfig(BaseModel):
         "check-set`) instead of trusting the verdict the row records; rows without one need it.")
 
 
+class IterateConfig(BaseModel):
+    """`prover iterate`: expert iteration (Polu et al. 2022, "Formal mathematics statement
+    curriculum learning"; Anthony et al. 2017). Each round proves the problem set with the current
+    policy, adds the newly accepted proofs to the accumulated corpus, and fine-tunes on that corpus
+    with `prover sft` ([sft] and [training]: steps per round, learning rate, held-out fraction); the
+    fine-tuned model proves in the next round. See prover/iterate.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(2, ge=1, description="Rounds of prove -> collect -> fine-tune. A finished run given more "
+                        "rounds continues with the next one.")
+    problems: str | None = Field(
+        None, description="The problem set proved every round: a suite name (data/suites.toml, e.g. "
+        "synthetic-tactics), a .jsonl/.lean path or hf:owner/name; also the set the corpus's proofs belong to.")
+    split: str | None = Field(None, description="Only this split of `problems` (None: all).")
+    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split (smoke runs).")
+    method: str = Field("whole", description="Proving method of the proving phase: whole, repair or search "
+                        "(prover.search.methods, as `prover bench --method`).")
+    samples: int = Field(8, ge=1, description="Samples per problem in each proving phase (policy.sampling.n "
+                         "there; the other sampling values are [policy.sampling]'s).")
+    attempt: Literal["unsolved", "all"] = Field(
+        "unsolved", description="'unsolved': a round proves only the problems no earlier round solved (the "
+        "compute goes where the corpus can grow); 'all': every problem every round, collecting more distinct "
+        "proofs of solved ones (Polu et al. 2022 attempt every statement each round).")
+    sft_from: Literal["base", "previous"] = Field(
+        "base", description="Where each round's fine-tuning starts: 'base', policy.checkpoint, on the whole "
+        "accumulated corpus (as STaR, Zelikman et al. 2022, restarts from the base model each iteration to "
+        "avoid overfitting); 'previous': the last round's fine-tuned model, on the same corpus.")
+    seed_corpus: str | None = Field(
+        None, description="Proofs the corpus starts with (corpus rows, prover/corpus_rows.py: name and code, "
+        "e.g. human-written proofs), trained on every round; they do not count as solved by the policy.")
+    seed_limit: int | None = Field(None, ge=1, description="Only the first N rows of seed_corpus.")
+
+
 class ProverConfig(BaseModel):
     """Everything a run needs; written next to its outputs as config.resolved.toml."""
 
@@ -403,6 +437,7 @@ class ProverConfig(BaseModel):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    iterate: IterateConfig = Field(default_factory=IterateConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prover.corpus_rows import dedupe, verdict_provenance, write_corpus
+
+if TYPE_CHECKING:
+    from prover.bench.job import BenchOutcome, BenchRequest
+    from prover.config import ProverConfig
 
 CORPUS_NAME = "corpus.jsonl"
 
@@ -85,3 +89,19 @@ def write_run_corpus(run_path: Path, records: Sequence[Mapping[str, Any]],
     rows = corpus_rows(records, manifest)
     target = write_corpus(run_path / CORPUS_NAME, rows)
     return corpus_stats(records, rows) | {"corpus": str(target)}
+
+
+def summary_counts(records: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a distill run adds to summary.json: its corpus counts (`corpus_stats`)."""
+    return {"corpus": corpus_stats(records, corpus_rows(records, manifest))}
+
+
+def run_distill(config: ProverConfig, request: BenchRequest, **job: Any) -> tuple[BenchOutcome, dict[str, Any]]:
+    """A distill run into `config.output_dir` (`prover.bench.job.run_bench_job` recorded as
+    command "distill", so `prover --config DIR/config.resolved.toml distill` re-runs it), then its
+    corpus.jsonl; returns the outcome and the corpus counts. `job`: run_bench_job's `say`,
+    `on_record`."""
+    from prover.bench.job import run_bench_job
+
+    done = run_bench_job(config, request, command="distill", summary_extra=summary_counts, **job)
+    return done, write_run_corpus(done.path, done.records, done.manifest)

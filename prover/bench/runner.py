@@ -65,16 +65,17 @@ class Selection:
 
 
 def select_problems(*, suite: str | None, problems: str | None, split: str | None,
-                    limit: int | None) -> Selection:
+                    limit: int | None, names: Sequence[str] | None = None) -> Selection:
     """`--suite NAME`, `--problems PATH`, or both: the suite's split read from that file, which
-    must be the copy the suite pins (data/suites.toml), else the scores would not compare."""
+    must be the copy the suite pins (data/suites.toml), else the scores would not compare.
+    `names` keeps only those problems (names or ids, all must exist), before `limit`."""
     if suite is None and problems is None:
         raise UserError("name the problems: --suite NAME (see `prover data suites`) or --problems PATH")
     if suite is None or problems is None:
         source = suite or problems
         assert source is not None
         resolved = resolve_source(source)
-        chosen = load_problems(source, split=split, limit=limit)
+        chosen = load_problems(source, split=split, names=names, limit=limit)
         suite_split = resolved.suite.split if resolved.suite else None
         return Selection(chosen, source, resolved.location, resolved.sha256, suite_split or split)
     known = load_suites()
@@ -90,7 +91,7 @@ def select_problems(*, suite: str | None, problems: str | None, split: str | Non
                               f"pins ({pinned.sha256[:12]}...); drop --suite to score this file on its own")
     if split is not None and pinned.split and split != pinned.split:
         raise ProblemSetError(f"--split {split} contradicts suite {suite}, which is split {pinned.split!r}")
-    chosen = load_problems(str(path), split=pinned.split or split, limit=limit)
+    chosen = load_problems(str(path), split=pinned.split or split, names=names, limit=limit)
     return Selection(chosen, suite, str(path), digest, pinned.split or split)
 
 

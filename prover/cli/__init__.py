@@ -30,7 +30,7 @@ from typer._click.exceptions import (  # typer vendors click
 from typer.core import TyperGroup
 
 import prover
-from prover.cli import bench, data, distill, lean, model, prove, sft, train
+from prover.cli import bench, data, distill, iterate, lean, model, prove, sft, train
 from prover.cli import config as config_cli
 from prover.cli.common import (
     EXIT_INTERNAL,
@@ -141,6 +141,7 @@ app.add_typer(train.app, name="train")
 app.command("sft")(sft.sft)
 app.add_typer(bench.app, name="bench")
 app.add_typer(distill.app, name="distill")
+app.command("iterate")(iterate.iterate)
 app.add_typer(lean.app, name="lean")
 app.add_typer(model.app, name="model")
 app.add_typer(data.app, name="data")

@@ -3,15 +3,13 @@ it (`prover.bench`), and `prover bench compare` of two runs."""
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from prover.bench.job import BenchOutcome, SummaryExtra
 from prover.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -105,18 +103,6 @@ class BenchJob:
     as_json: bool
 
 
-@dataclass(frozen=True)
-class BenchOutcome:
-    """A finished (or interrupted) bench-style run: its folder, summary, records and manifest."""
-
-    path: Path
-    summary: dict[str, Any]
-    records: list[dict[str, Any]]
-    manifest: dict[str, Any]
-    prefix: str                 # "[stand-in (not Lean)] " when the stand-in judged, else ""
-    interrupted: str | None     # the line to print when Ctrl-C / SIGTERM stopped the run
-
-
 @app.callback()
 def bench(
     ctx: typer.Context,
@@ -170,116 +156,29 @@ def bench(
 
 
 def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
-                  summary_extra: Callable[[Sequence[dict[str, Any]], dict[str, Any]], dict[str, Any]] | None = None,
-                  ) -> BenchOutcome:
-    """One bench-style run into its folder (`command` names it in the resolved config: "bench",
-    "distill"): resolve the config, refuse a bad folder or input before any work, sample and
-    verify with `run_bench`, append each problem's record, write summary and report.
-    `summary_extra(records, manifest)` adds the caller's own counts to summary.json."""
-    from policy.engines import make_engine
-    from policy.tokenizer import load_tokenizer
-    from prover.bench.report import write_report
-    from prover.bench.runner import (
-        build_manifest,
-        load_method,
-        run_bench,
-        select_problems,
-        summarize_bench,
-    )
-    from prover.checkpoints import resolve_model
-    from prover.cli.lean import STANDIN_LABEL, open_verifier
-    from prover.runs import RunDir, RunInterrupted, draw_seed
-    from prover.search.attempts import context_length, prompt_fit
+                  summary_extra: SummaryExtra | None = None) -> BenchOutcome:
+    """A bench-style command's run (`command`: "bench", "distill"): its flags over the config,
+    then `prover.bench.job.run_bench_job`, each problem's line printed as it is written."""
+    from prover.bench.job import BenchRequest
+    from prover.bench.job import run_bench_job as run_job
 
-    method, suite, problems = job.method, job.suite, job.problems
-    load_method(method)   # a method not in this checkout: one line, before any work
     config = config_from_context(ctx, {
         "output_dir": job.out, "policy.checkpoint": job.model, "policy.engine": job.engine,
         "policy.sampling.n": job.n, "policy.sampling.max_tokens": job.max_tokens,
         "policy.sampling.temperature": job.temperature, "policy.sampling.seed": job.seed,
         "verifier.timeout_s": job.timeout, "verifier.workers": job.workers,
         "run.problems_per_batch": job.problems_per_batch, "rollout.prompt_template": job.template,
-        "benchmark.k": _parse_ks(job.k) if job.k is not None else None, "benchmark.suite": suite or problems,
+        "benchmark.k": _parse_ks(job.k) if job.k is not None else None, "benchmark.suite": job.suite or job.problems,
         "benchmark.split": job.split, "benchmark.limit": job.limit,
     })
-    recorded = config.run
-    if suite is None and problems is None:   # a resolved config re-runs its own job
-        if recorded.command != command:
-            raise UserError("name the problems: --suite NAME (see `prover data suites`) or --problems PATH")
-        suite, problems = config.benchmark.suite, recorded.problems
-        problems = None if problems == suite else problems
-    if config.policy.checkpoint is None:
-        raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
-    run = RunDir.prepare(config.output_dir, key="id", force=job.force, resume=job.resume)   # before any work
-    checkpoint = resolve_model(config.policy.checkpoint)
-    config = config.model_copy(update={"policy": config.policy.model_copy(update={"checkpoint": str(checkpoint)})})
-    limit = job.limit if job.limit is not None else recorded.limit
-    selection = select_problems(suite=suite, problems=problems,
-                                split=job.split if job.split is not None else recorded.split, limit=limit)
-    verifier = open_verifier(config.verifier, job.standin)   # no Lean: exit here, before loading a model
-    label = STANDIN_LABEL if verifier.config.backend == "standin" else None
-    if config.policy.sampling.seed is None:   # drawn once, recorded, and kept on --resume
-        drawn = run.previous("policy.sampling.seed")
-        config.policy.sampling.seed = drawn if isinstance(drawn, int) else draw_seed()
-    config = config.model_copy(update={"verifier": verifier.config, "run": recorded.model_copy(update={
-        "command": command, "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
-        "problems": problems or suite, "problems_file": selection.file, "problems_sha256": selection.sha256,
-        "split": selection.split, "limit": limit})})
-    manifest = build_manifest(config, checkpoint=checkpoint, selection=selection, method=method,
-                              checked_by=verifier.checked_by, standin=label is not None,
-                              final_judge_active=getattr(verifier, "final_judge", None) is not None)
-    _refuse_other_weights(run, manifest)
-    ks, samples = config.benchmark.k, config.policy.sampling.n
-    def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        counts = summarize_bench(records, ks=ks, n=samples)
-        return counts | (summary_extra(records, manifest) if summary_extra is not None else {})
+    request = BenchRequest(suite=job.suite, problems=job.problems, split=job.split, limit=job.limit,
+                           method=job.method, force=job.force, resume=job.resume, standin=job.standin)
 
-    run.begin(config, total=len(selection.problems), summarize=summarize,
-              succeeded=lambda r: bool(r["proved"]), unit="problems",
-              extra={"method": method, "n": samples, "k": ks, "checked_by": verifier.checked_by}
-              | ({"backend": label} if label else {}) | {"manifest": manifest})
-    todo = [p for p in selection.problems if p.id not in run.done_keys]
-    prefix = f"[{label}] " if label else ""
-    if label:
-        _say(f"{prefix}verdicts come from the stand-in REPL, a test double: these numbers are not Lean's")
-    interrupted: str | None = None
-    try:
-        with run:
-            if run.done_keys:
-                _say(f"resuming {run.path}: {len(selection.problems) - len(todo)} of {len(selection.problems)} "
-                     "problems already done")
-            if todo:
-                _say(f"starting {config.policy.engine} on {checkpoint} ...")
-                tokenizer = load_tokenizer(config.policy.tokenizer or checkpoint)
-                fits = prompt_fit(lambda text: len(tokenizer(text)["input_ids"]),
-                                  context_length(checkpoint, config.policy.max_model_len))
-                with make_engine(config.policy) as policy_engine, verifier:
-                    for record in run_bench(todo, policy_engine, verifier, config, method=method, label=label,
-                                            on_verified=run.verified, prompt_check=fits, tokenizer=tokenizer):
-                        run.append(record)
-                        if not job.as_json:
-                            console.print(f"{prefix}{record['id']}: {record['correct']}/{record['samples']} "
-                                          f"accepted ({record['outcome']})", markup=False, highlight=False)
-    except RunInterrupted as stop:
-        interrupted = str(stop)
-    summary = run.summary
-    assert summary is not None and run.path is not None
-    write_report(run.path, summary, run.records)
-    return BenchOutcome(run.path, summary, run.records, manifest, prefix, interrupted)
+    def show(line: str, record: dict[str, Any]) -> None:
+        console.print(line, markup=False, highlight=False)
 
-
-def _refuse_other_weights(run: Any, manifest: dict[str, Any]) -> None:
-    """--resume must score the same weights: the checkpoint path alone could hold new ones."""
-    if not run.resume or run.path is None or not (run.path / "summary.json").is_file():
-        return
-    try:
-        before = json.loads((run.path / "summary.json").read_text(encoding="utf-8"))["manifest"]["model"]["weights"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    now = manifest["model"]["weights"]["sha256"]
-    if before != now:
-        raise UserError(f"{run.path}: --resume with different weights: sha256 {str(before)[:12]}... -> "
-                        f"{str(now)[:12]}...; pass --force to start over")
+    return run_job(config, request, command=command, summary_extra=summary_extra, say=_say,
+                   on_record=None if job.as_json else show)
 
 
 def _print_table(summary: dict[str, Any], prefix: str) -> None:

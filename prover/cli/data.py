@@ -151,8 +151,7 @@ def curate(
 
     from rich.markup import escape
 
-    from prover.checking import summarize_records
-    from prover.cli.lean import STANDIN_LABEL, open_verifier
+    from prover.checking import STANDIN_LABEL, open_verifier, summarize_records
     from prover.curate import (
         build_report,
         input_files,

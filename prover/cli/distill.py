@@ -84,14 +84,14 @@ def distill(
     curate --pass-rates`. Exit 0 when the run completed, 2 on bad input, 3 when the verifier is
     missing, 130 when interrupted.
     """
-    from prover.distill import CORPUS_NAME, corpus_rows, corpus_stats, write_run_corpus
+    from prover.distill import CORPUS_NAME, summary_counts, write_run_corpus
 
     done = run_bench_job(ctx, BenchJob(
         suite=suite, problems=problems, split=split, limit=limit, model=model, method=method, engine=engine,
         n=n, k=None, max_tokens=max_tokens, temperature=temperature, seed=seed, template=template, timeout=timeout,
         workers=workers, problems_per_batch=problems_per_batch, out=out, force=force, resume=resume,
         standin=standin, as_json=as_json), command="distill",
-        summary_extra=lambda records, manifest: {"corpus": corpus_stats(records, corpus_rows(records, manifest))})
+        summary_extra=summary_counts)
     stats = write_run_corpus(done.path, done.records, done.manifest)
     line = (f"{done.prefix}{stats['proofs']} distinct accepted proofs of {stats['problems_with_proofs']} problems "
             f"({stats['accepted_samples']} accepted of {stats['samples']} samples, {stats['duplicates_dropped']} "

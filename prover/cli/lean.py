@@ -23,7 +23,6 @@ from prover.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REJECTED,
-    CannotCheck,
     ForceOption,
     JsonFlag,
     ResumeOption,
@@ -43,7 +42,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-STANDIN_LABEL = "stand-in (not Lean)"
 
 
 @app.command()
@@ -134,27 +132,6 @@ def _target(path: Path, code: str, problem: str | None, problems: str | None,
     return p.name, p.header, p.formal_statement
 
 
-def open_verifier(config: Any, standin: Path | None) -> Any:
-    """`lean_env.verifier.make_verifier` for the CLI: `--standin TABLE` selects the test double;
-    no toolchain and a bad backend choice become one-line errors, never a silent fall-back to
-    the stand-in."""
-    from lean_env.errors import VerifierConfigError
-    from lean_env.toolchain import ToolchainError
-    from lean_env.verifier import make_verifier
-
-    if standin is not None:
-        config = config.model_copy(update={"backend": "standin", "standin_rules": standin})
-    elif config.backend == "standin" and config.standin_rules is None:   # a resolved config names its table
-        raise UserError("verifier.backend 'standin' is the test double; name its rule table with --standin")
-    try:
-        return make_verifier(config)
-    except VerifierConfigError as exc:
-        raise UserError(str(exc)) from None
-    except ToolchainError as exc:
-        raise CannotCheck(f"could not check: no Lean toolchain found: {exc}; or pass --static for "
-                          "the checks that need no Lean") from None
-
-
 @app.command()
 def check(
     ctx: typer.Context,
@@ -185,6 +162,7 @@ def check(
     from lean_env.acceptance import precheck
     from lean_env.verdict import Accepted
     from lean_env.verifier import VerifyRequest
+    from prover.checking import STANDIN_LABEL, open_verifier
 
     code = _read_proof(proof)
     name, header, statement = _target(proof, code, problem, problems, theorem)
@@ -280,7 +258,14 @@ def check_set(
     from rich.markup import escape
     from rich.table import Table
 
-    from prover.checking import STATIC_LABEL, check_proofs, load_proofs, summarize_records
+    from prover.checking import (
+        STANDIN_LABEL,
+        STATIC_LABEL,
+        check_proofs,
+        load_proofs,
+        open_verifier,
+        summarize_records,
+    )
     from prover.problems import load_problems, resolve_source, sha256_of
     from prover.runs import RunDir, RunInterrupted, check_pinned
 
@@ -376,6 +361,7 @@ def serve(
 
     from lean_env.service import ServiceConfig
     from lean_env.service import serve as run_service
+    from prover.checking import STANDIN_LABEL, open_verifier
 
     try:
         service = ServiceConfig(host=host, port=port, api_key=api_key, max_pending=max_pending,

@@ -130,8 +130,8 @@ def prove(
     """
     from policy.engines import make_engine
     from policy.tokenizer import load_tokenizer
+    from prover.checking import STANDIN_LABEL, open_verifier
     from prover.checkpoints import resolve_model
-    from prover.cli.lean import STANDIN_LABEL, open_verifier
     from prover.problems import load_problems, resolve_source
     from prover.runs import RunDir, RunInterrupted, check_pinned, draw_seed
     from prover.search.attempts import Budget, context_length, prompt_fit, summarize_records

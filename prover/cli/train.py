@@ -66,7 +66,7 @@ def train(
     interrupted."""
     if ctx.invoked_subcommand is not None:
         return
-    from prover.cli.lean import open_verifier
+    from prover.checking import open_verifier
     from prover.config import parse_assignments, resolve_config
     from prover.rl.train import TrainInterrupted, preflight, run_train
 
