@@ -30,6 +30,7 @@ from typing import Any
 import tomli_w
 
 from benchmarks.common import machine_info, write_json
+from prover.rl.train import step_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "train-cpu-standin.toml"
@@ -67,7 +68,7 @@ def run(mode: str, seed: int, args: argparse.Namespace, work: Path, rules: Path)
         row["error"] = done.stderr[-2000:]
         return row
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rewards = [float(r.get("reward_mean", 0.0)) for r in metrics]
+    rewards = [step_reward(r) for r in metrics]   # dynamic sampling: before any group is dropped
     fifth = max(1, len(rewards) // 5)
     row |= {"steps": len(metrics), "reward_first_fifth": round(sum(rewards[:fifth]) / fifth, 4),
             "reward_last_fifth": round(sum(rewards[-fifth:]) / fifth, 4),

@@ -75,8 +75,12 @@ def fill_informative(first: Sequence[Episode], draw: Callable[[int, int], Sequen
     """DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2): keep the informative groups of `first`
     and, while fewer than `want`, call `draw(round, first_group)` for `want` more problems (their
     groups numbered from `first_group`), at most `max_rounds` times. Returns the first `want`
-    informative groups' episodes (fewer when the rounds run out) and counts for the metrics."""
+    informative groups' episodes (fewer when the rounds run out) and counts for the metrics,
+    with `sampled_reward_mean`: the mean reward of `first`, before any filtering (the kept
+    groups' mean leaves out the all-pass and all-fail groups, so it is no estimate of the
+    policy's reward)."""
     kept, dropped = informative_groups(first)
+    sampled = sum(e.reward for e in first) / len(first) if first else 0.0
     next_group = max([want - 1, *(e.group for e in first)]) + 1
     rounds = 0
     while len(groups(kept)) < want and rounds < max_rounds:
@@ -89,4 +93,4 @@ def fill_informative(first: Sequence[Episode], draw: Callable[[int, int], Sequen
     chosen = set(list(groups(kept))[:want])
     return [e for e in kept if e.group in chosen], {
         "dynamic_refill_rounds": float(rounds), "dynamic_dropped_groups": float(dropped),
-        "dynamic_informative_groups": float(len(chosen))}
+        "dynamic_informative_groups": float(len(chosen)), "sampled_reward_mean": sampled}

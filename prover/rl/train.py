@@ -54,6 +54,15 @@ class TrainInterrupted(Exception):
         super().__init__(f"interrupted after step {step}; {where}; the same command continues")
 
 
+REWARD_KEY = "sampled_reward_mean"   # with dynamic sampling, the step's reward before groups are dropped
+
+
+def step_reward(row: Mapping[str, Any]) -> float:
+    """A metrics row's estimate of the policy's mean reward: over everything the step sampled for
+    its own problems (`sampled_reward_mean`, dynamic sampling), else over the trained episodes."""
+    return float(row[REWARD_KEY] if REWARD_KEY in row else row["reward_mean"])
+
+
 # -- data --------------------------------------------------------------------------------------------
 
 def step_problems(problems: Sequence[Problem], step: int, per_step: int, seed: int) -> list[Problem]:
@@ -215,7 +224,7 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
                     with interrupts_held():   # the row and the counter that says it is written go together
                         metrics.log(step, row)
                         logged = step
-                    progress.step(reward=float(row.get("reward_mean", float("nan"))))
+                    progress.step(reward=float(row.get(REWARD_KEY, row.get("reward_mean", float("nan")))))
                     if step % config.training.save_every == 0 or step == steps:
                         ray.get(fleet.learner.save.remote(str(out)))
                         saved = step
@@ -230,7 +239,7 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     finally:
         progress.close()
         metrics.close()
-    history = [float(r["reward_mean"]) for r in read_metrics(out / METRICS_NAME) if "reward_mean" in r]
+    history = [step_reward(r) for r in read_metrics(out / METRICS_NAME) if "reward_mean" in r or REWARD_KEY in r]
     fifth = max(1, len(history) // 5)   # over the whole run, the steps before a resume included
     first_rewards, last_rewards = history[:fifth], history[-fifth:]
     summary = {

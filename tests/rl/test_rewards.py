@@ -80,7 +80,7 @@ def test_dynamic_sampling_refills_until_enough_informative_groups() -> None:
     assert calls == [(1, 3), (2, 6)], calls
     assert sorted({e.group for e in kept}) == [0, 4, 6], sorted({e.group for e in kept})
     assert stats == {"dynamic_refill_rounds": 2.0, "dynamic_dropped_groups": 4.0,
-                     "dynamic_informative_groups": 3.0}, stats
+                     "dynamic_informative_groups": 3.0, "sampled_reward_mean": 0.5}, stats
 
 
 def test_dynamic_sampling_stops_after_its_rounds() -> None:
