@@ -89,7 +89,7 @@ JSON_CALLS: dict[str, list[str] | None] = {
             "--device", "cpu", "--out", "{tmp}/sft"],
     "train report": ["train", "report", "{tmp}/sft"],
     # Ray, a vLLM engine and REPL pools for a minute: its --json stdout is parsed by
-    # tests/rl/test_train.py::test_grpo_example_learns_through_ray_vllm_and_the_standin.
+    # tests/rl/test_train.py::test_grpo_example_runs_through_ray_vllm_and_the_standin.
     "train": None,
     "iterate": ["iterate", "--problems", "{problems}", "--model", "{tiny}", "--engine", "transformers", "--n", "1",
                 "--max-tokens", "4", "--rounds", "1", "--steps", "1", "--out", "{tmp}/iterate", "--standin", str(RULES)],
