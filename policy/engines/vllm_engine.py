@@ -237,18 +237,27 @@ class VLLMEngine(GenerationEngine):
         return self._llm
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=1.0 if sampling.temperature == 0 else sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-            ignore_eos=sampling.ignore_eos,
-            logprobs=0,  # the sampled token's own logprob only
-        )
+        def params(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=1.0 if sampling.temperature == 0 else sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+                stop=list(sampling.stop) or None,
+                ignore_eos=sampling.ignore_eos,
+                logprobs=0,  # the sampled token's own logprob only
+            )
+
+        # One seeded SamplingParams broadcast over a batch gives every prompt the same noise
+        # (vllm-project/vllm#50440; the n samples of one prompt get seed + index). So prompt i
+        # gets seed + i * n: its samples are independent of the other prompts', and the call is
+        # still reproducible.
+        per_prompt: SamplingParams | list[SamplingParams] = (
+            params(None) if sampling.seed is None
+            else [params((sampling.seed + i * sampling.n) % 2**63) for i in range(len(prompts))])
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, per_prompt, use_tqdm=False)
         return [
             PromptResult(
                 prompt=prompt if isinstance(prompt, str) else "",

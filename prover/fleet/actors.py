@@ -66,6 +66,17 @@ class Learner(Protocol):
         ...
 
 
+def step_sampling(sampling: SamplingConfig, version: int, first_group: int) -> SamplingConfig:
+    """`sampling` with its seed moved on by the weights' version and the first group: a seeded
+    run stays reproducible, but no two steps (or dynamic-sampling rounds) reuse one noise
+    stream, which would make a policy whose weights did not change sample the very same
+    completions again (RL needs fresh samples every step)."""
+    if sampling.seed is None:
+        return sampling
+    seed = (sampling.seed + 1_000_003 * version + sampling.n * first_group) % (2**31)
+    return sampling.model_copy(update={"seed": seed})
+
+
 class RolloutWorker:
     """One generation engine and the learner version of its weights."""
 
@@ -82,8 +93,8 @@ class RolloutWorker:
     def sample_whole(self, problems: Sequence[Problem], first_group: int) -> tuple[list[WholeSample], float, int]:
         """`policy.sampling.n` whole proofs per problem: (samples, seconds, weights version)."""
         t0 = time.perf_counter()
-        samples = sample_whole(problems, self.engine, self.policy.sampling, template=self.rollout.prompt_template,
-                               first_group=first_group)
+        samples = sample_whole(problems, self.engine, step_sampling(self.policy.sampling, self.version, first_group),
+                               template=self.rollout.prompt_template, first_group=first_group)
         return samples, time.perf_counter() - t0, self.version
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> tuple[list[PromptResult], float, int]:
@@ -146,7 +157,7 @@ class VerifierWorker:
         return episodes, generate_s, time.perf_counter() - t0
 
     def tactic_episodes(self, problems: Sequence[Problem], rollout_actor: Any, first_group: int,
-                        ) -> tuple[list[Episode], float, float]:
+                        version: int = 0) -> tuple[list[Episode], float, float]:
         """Tactic episodes on this verifier's pool, tactics from `rollout_actor`: (episodes,
         generate seconds, verify seconds: the rest of the wall time)."""
         from policy.tokenizer import load_tokenizer
@@ -155,7 +166,7 @@ class VerifierWorker:
             self._tokenizer = load_tokenizer(self.policy.tokenizer or str(self.policy.checkpoint))
         t0 = time.perf_counter()
         engine = _RemoteEngine(rollout_actor)
-        sampling = self.policy.sampling
+        sampling = step_sampling(self.policy.sampling, version, first_group)
         episodes = tactic_episodes(problems, engine, repl_sessions(self.verifier), self._tokenizer,  # type: ignore[arg-type]
                                    sampling, score=self.score, template=self.rollout.tactic_template,
                                    verifier=self.verifier,

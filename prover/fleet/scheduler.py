@@ -179,7 +179,8 @@ class Fleet:
         rollouts, verifiers = self._pools()
         verifier = verifiers[shard.rollout]
         if shard.kind == "tactic":
-            shard.ref = verifier.tactic_episodes.remote(shard.problems, rollouts[shard.rollout], shard.first_group)
+            shard.ref = verifier.tactic_episodes.remote(shard.problems, rollouts[shard.rollout], shard.first_group,
+                                                        self.version)
         else:
             sampled = rollouts[shard.rollout].sample_whole.remote(shard.problems, shard.first_group)
             shard.ref = verifier.judge_whole.remote(sampled)

@@ -187,3 +187,16 @@ def test_whole_sample_travels_as_a_value() -> None:
 
     sample = WholeSample(problem("x"), 0, (1, 2), Completion("t", (3,), (-0.5,), "stop"), "cand")
     assert pickle.loads(pickle.dumps(sample)) == sample
+
+
+def test_each_step_and_round_samples_with_its_own_seed() -> None:
+    """A seeded run stays reproducible, but no two steps (or dynamic-sampling rounds) share a
+    noise stream: with frozen weights they would sample the very same completions."""
+    from policy.config import SamplingConfig
+    from prover.fleet.actors import step_sampling
+
+    base = SamplingConfig(n=8, seed=5)
+    seeds = {step_sampling(base, v, g).seed for v in range(4) for g in (0, 8, 16)}
+    assert len(seeds) == 12, seeds
+    assert step_sampling(base, 2, 8).seed == step_sampling(base, 2, 8).seed
+    assert step_sampling(SamplingConfig(n=8), 3, 8).seed is None, "unseeded stays unseeded"

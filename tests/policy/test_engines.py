@@ -226,6 +226,15 @@ def test_init_checkpoint_generates_in_transformers_and_vllm(init_dir: Path, init
     vllm_engine.load_weights(init_state)
     results = vllm_engine.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_tokens=8, seed=0))
     _check_shapes(results, PROMPTS, n=2, bos_id=tokenizer.bos_token_id)
+    # One seed for a batch: each prompt still gets its own noise (vllm-project/vllm#50440 gives a
+    # broadcast seed to every prompt), so the same prompt twice in one call samples differently,
+    # and the call repeats exactly.
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=8, seed=0)
+    twice = vllm_engine.generate([PROMPTS[0], PROMPTS[0]], sampling)
+    first, second = ([c.token_ids for c in r.completions] for r in twice)
+    assert first != second, f"one prompt twice in a seeded batch sampled the same completions: {first}"
+    again = vllm_engine.generate([PROMPTS[0], PROMPTS[0]], sampling)
+    assert [[c.token_ids for c in r.completions] for r in again] == [first, second], "a seeded call repeats"
 
 
 @pytest.mark.slow
