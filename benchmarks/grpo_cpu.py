@@ -30,9 +30,10 @@ from typing import Any
 import tomli_w
 
 from benchmarks.common import machine_info, write_json
+from lean_env.toolchain import CHECKOUT
 from prover.rl.train import step_reward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = CHECKOUT   # the checkout, as lean_env finds it
 EXAMPLE = ROOT / "examples" / "train-cpu-standin.toml"
 RULES = ROOT / "data" / "sets" / "synthetic-tactics-rules.json"
 TIMES = ("wall_s", "generate_s", "verify_s", "learn_s", "weight_sync_s", "idle_s")
