@@ -307,6 +307,31 @@ def interrupts_held() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def folder_listing(path: Path) -> list[str]:
+    """The names in a run's output folder (none when it does not exist yet); a path that is not
+    a folder is a RunDirError."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path}: not a folder (the output folder of a run)")
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def shown_names(names: Sequence[str], most: int = 4) -> str:
+    """`a, b, c, d and 3 more`: a folder's contents in an error line."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def make_writable_folder(path: Path) -> None:
+    """Create `path` and prove it writable before any work (a read-only --out found at the end
+    would lose the results)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"{path}: output folder is not writable ({exc.strerror or exc})") from None
+
+
 class RunDir:
     """One run folder (or, with `path=None`, a run that writes nothing but still tracks
     progress and interrupts the same way). Build it with `RunDir.prepare`."""
@@ -338,20 +363,11 @@ class RunDir:
             raise RunDirError("--force starts over and --resume continues: pass one of them")
         if path is None:
             return cls(None, key=key, previous=[], previous_config=None, resume=False)
-        if path.exists() and not path.is_dir():
-            raise RunDirError(f"{path}: not a folder (the output folder of a run)")
-        present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        present = folder_listing(path)
         if present and not (force or resume):
-            shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-            raise RunDirError(f"{path}: folder is not empty ({shown}); pass --resume to continue that run, "
-                              "--force to start over, or another --out")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise RunDirError(f"{path}: output folder is not writable ({exc.strerror or exc})") from None
+            raise RunDirError(f"{path}: folder is not empty ({shown_names(present)}); pass --resume to continue "
+                              "that run, --force to start over, or another --out")
+        make_writable_folder(path)
         previous: list[dict[str, Any]] = []
         previous_config = None
         if force:

@@ -105,9 +105,9 @@ def report(
 ) -> None:
     """Plot a run's metrics.jsonl (reward, pass rate, loss, lengths, KL, clip fraction, time split)
     as one PNG."""
-    from prover.rl.report import plot_curves
+    from prover.rl.report import CURVES_NAME, plot_curves
 
-    path = plot_curves(run_dir, out or run_dir / "curves.png")
+    path = plot_curves(run_dir, out or run_dir / CURVES_NAME)
     if as_json:
         print_json({"png": str(path), "run_dir": str(run_dir)})
         return

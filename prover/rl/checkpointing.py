@@ -186,3 +186,47 @@ class Checkpointer:
         raw = json.loads((trainer / STATE_NAME).read_text(encoding="utf-8"))
         return TrainerState(step=int(raw["step"]), cursor=dict(raw.get("cursor", {})),
                             counters=dict(raw.get("counters", {})))
+
+
+def prepare_training_dir(out: Path, config: ProverConfig, *, force: bool = False) -> bool:
+    """Make a trainer's run folder (`prover sft`, `prover train`) ready before any work; True
+    when an earlier run there is continued.
+
+    A folder with an earlier run of the same config is continued (its newest complete
+    checkpoint); a different config is refused, naming the differences, as is a non-empty
+    folder that is not a run, unless `force` (the run's own files are removed first)."""
+    from prover.config import read_config_file
+    from prover.rl.metrics import METRICS_NAME, TENSORBOARD_DIR
+    from prover.rl.report import CURVES_NAME
+    from prover.runs import (
+        CONFIG_NAME,
+        SUMMARY_NAME,
+        RunDirError,
+        config_differences,
+        folder_listing,
+        make_writable_folder,
+        shown_names,
+        with_absolute_paths,
+    )
+
+    present = folder_listing(out)
+    if force:
+        for name in (CONFIG_NAME, SUMMARY_NAME, METRICS_NAME, CURVES_NAME):
+            (out / name).unlink(missing_ok=True)
+        for name in (CHECKPOINTS_DIR, TENSORBOARD_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+        present = folder_listing(out)
+    make_writable_folder(out)
+    if (out / CONFIG_NAME).is_file():
+        stored = read_config_file(out / CONFIG_NAME)
+        current = with_absolute_paths(config).model_dump(mode="json", exclude_none=True)
+        differences = config_differences(stored, current)
+        if differences:
+            shown = "; ".join(differences[:3]) + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
+            raise RunDirError(f"{out}: holds a run with a different config: {shown}; pass the same options to "
+                              "continue it, --force to start over, or another --out")
+        return True
+    if present:
+        raise RunDirError(f"{out}: folder is not empty ({shown_names(present)}) and holds no run; pass --force "
+                          "or another --out")
+    return False

@@ -8,6 +8,8 @@ from pathlib import Path
 from prover.errors import UserError
 from prover.rl.metrics import METRICS_NAME, read_metrics
 
+CURVES_NAME = "curves.png"   # the default PNG in a run folder
+
 # (title, metric keys) per panel; a panel whose keys never appear is left out.
 PANELS = (
     ("reward", ("reward_mean", "accepted_share")),

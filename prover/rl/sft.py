@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -39,11 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policy.model import IGNORE_INDEX, Transformer
-from prover.config import ProverConfig, read_config_file
+from prover.config import ProverConfig
 from prover.errors import UserError
-from prover.rl.checkpointing import CHECKPOINTS_DIR, Checkpointer, load_model
+from prover.rl.checkpointing import Checkpointer, load_model, prepare_training_dir
 from prover.rl.corpus import load_corpus
-from prover.rl.metrics import METRICS_NAME, TENSORBOARD_DIR, MetricsLog, StepProgress
+from prover.rl.metrics import MetricsLog, StepProgress
 from prover.rl.packing import (
     Batch,
     Row,
@@ -55,20 +54,13 @@ from prover.rl.packing import (
 )
 from prover.rl.schedule import make_scheduler
 from prover.runs import (
-    CONFIG_NAME,
     SUMMARY_NAME,
-    RunDirError,
-    config_differences,
     interrupts_held,
     sigterm_as_interrupt,
     with_absolute_paths,
 )
 
 logger = logging.getLogger(__name__)
-
-SFT_RUN_FILES = (CONFIG_NAME, SUMMARY_NAME, METRICS_NAME)
-SFT_RUN_DIRS = (CHECKPOINTS_DIR, TENSORBOARD_DIR)
-
 
 class SFTInterrupted(Exception):
     """Ctrl-C or SIGTERM stopped training; a checkpoint of the last finished step was written."""
@@ -213,43 +205,6 @@ def resolve_device(name: str) -> torch.device:
 
 # -- the run folder --------------------------------------------------------------------------------
 
-def prepare_run_dir(out: Path, config: ProverConfig, *, force: bool = False) -> bool:
-    """Make `out` ready before any work; True when an earlier run there is continued.
-
-    A folder with an earlier SFT run of the same config is continued (its newest complete
-    checkpoint); a different config is refused, as is a non-empty folder that is not a run,
-    unless `force` (the run's own files are removed first)."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out}: not a folder (the output folder of a run)")
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if force:
-        for name in SFT_RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for name in SFT_RUN_DIRS:
-            shutil.rmtree(out / name, ignore_errors=True)
-        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
-    if (out / CONFIG_NAME).is_file():
-        stored = read_config_file(out / CONFIG_NAME)
-        current = with_absolute_paths(config).model_dump(mode="json", exclude_none=True)
-        differences = config_differences(stored, current)
-        if differences:
-            shown = "; ".join(differences[:3]) + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
-            raise RunDirError(f"{out}: holds a run with a different config: {shown}; pass the same options to "
-                              "continue it, --force to start over, or another --out")
-        return True
-    if present:
-        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-        raise RunDirError(f"{out}: folder is not empty ({shown}) and holds no run; pass --force or another --out")
-    return False
-
-
 # -- the loop --------------------------------------------------------------------------------------
 
 def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_stream: IO[str] | None = None,
@@ -270,7 +225,7 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
 
     sft = sft.model_copy(update={"corpus": local(sft.corpus), "problems": local(sft.problems)})
     config = with_absolute_paths(config.model_copy(update={"sft": sft, "output_dir": out}))
-    resumed = prepare_run_dir(out, config, force=force)
+    resumed = prepare_training_dir(out, config, force=force)
     source = resolve_model(str(config.policy.checkpoint))   # a folder, or a hub id -> its local folder
     checkpoints = Checkpointer(out, keep_last=train_cfg.keep_last)
     latest = checkpoints.latest() if resumed else None

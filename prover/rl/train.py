@@ -34,7 +34,7 @@ from typing import IO, Any
 from prover.config import ProverConfig, check_grpo_run
 from prover.errors import UserError
 from prover.problems import Problem, load_problems
-from prover.rl.checkpointing import Checkpointer
+from prover.rl.checkpointing import Checkpointer, prepare_training_dir
 from prover.rl.episodes import Episode
 from prover.rl.metrics import METRICS_NAME, MetricsLog, StepProgress, read_metrics
 from prover.runs import SUMMARY_NAME, interrupts_held, sigterm_as_interrupt, with_absolute_paths
@@ -177,13 +177,12 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     from prover.checkpoints import resolve_model
     from prover.config import write_resolved_config
     from prover.fleet import Fleet
-    from prover.rl.sft import prepare_run_dir
 
     problems = preflight(config)
     source = resolve_model(str(config.policy.checkpoint))
     config = with_absolute_paths(config.model_copy(update={
         "output_dir": out, "policy": config.policy.model_copy(update={"checkpoint": source})}))
-    resumed = prepare_run_dir(out, config, force=force)
+    resumed = prepare_training_dir(out, config, force=force)
     checkpoints = Checkpointer(out, keep_last=config.training.keep_last)
     latest = checkpoints.latest() if resumed else None
     write_resolved_config(config, out)

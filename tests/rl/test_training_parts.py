@@ -96,3 +96,35 @@ def test_checkpoints_are_atomic_kept_last_and_restore_state(tmp_path: Path, mini
         moments, opt.state_dict()["state"].values(), strict=True))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] != [], "stale tmp folder removed"
     assert not (tmp_path / "checkpoints" / ".step-00000004.tmp").exists()
+
+
+def test_training_dir_continues_the_same_run_and_refuses_others(tmp_path: Path) -> None:
+    """`prover sft`/`prover train`'s folder rules: a fresh folder starts; the same config continues;
+    a different one is refused naming the field and both values; a folder that is not a run is
+    refused naming what is in it; --force removes the run's own files only."""
+    from prover.config import ProverConfig, write_resolved_config
+    from prover.rl.checkpointing import prepare_training_dir
+    from prover.runs import RunDirError, with_absolute_paths
+
+    out = tmp_path / "run"
+    config = with_absolute_paths(ProverConfig(output_dir=out))
+    assert prepare_training_dir(out, config) is False and out.is_dir()
+    write_resolved_config(config, out)
+    (out / "metrics.jsonl").write_text("{}\n")
+    assert prepare_training_dir(out, config) is True
+
+    other = config.model_copy(update={"training": config.training.model_copy(update={"steps": 7})})
+    with pytest.raises(RunDirError) as refused:
+        prepare_training_dir(out, other)
+    assert "training.steps" in str(refused.value) and "7" in str(refused.value), str(refused.value)
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError) as stray:   # --force removes the run's files, then finds a folder that is no run
+        prepare_training_dir(out, other, force=True)
+    assert "notes.txt" in str(stray.value) and "holds no run" in str(stray.value), str(stray.value)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"], "the run's own files are gone, the user's kept"
+    (out / "notes.txt").unlink()
+    assert prepare_training_dir(out, other, force=True) is False
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunDirError, match="not a folder"):
+        prepare_training_dir(tmp_path / "file", config)
