@@ -13,9 +13,10 @@ the episodes and its new weights are pushed into every running engine (`load_wei
 Modes (`fleet.mode`):
 - sync: generate+verify, learn, sync weights, one after the other; every episode comes from
   the learner's current weights.
-- async: the next step's rollouts start as soon as this step's episodes are in, while the
-  learner trains on them; the new weights reach each engine after the rollouts already queued
-  on it (Ray runs an actor's calls in order), so episodes are one version old (one-step-off).
+- async: while the learner trains on this step's episodes, the next step's are gathered (its
+  refill rounds too) by the engines' current weights; the new weights are pushed when both are
+  done, so episodes are one version old (one-step-off) and a step takes max(gather, learn) +
+  sync instead of gather + learn + sync.
   Episodes more than `fleet.max_staleness` versions behind the learner are dropped (`fresh`).
 
 Failures: when a shard's work fails because an actor died (`RayActorError`), the dead actors are
@@ -249,10 +250,14 @@ class Fleet:
 
     # -- training ----------------------------------------------------------------------------------
 
-    def _dynamic(self, batch: RolloutBatch, refill: Callable[[int, int], Sequence[Problem]] | None,
-                 ) -> tuple[RolloutBatch, dict[str, float]]:
-        """`grpo.dynamic_sampling`: drop all-equal groups and sample `refill(version, round)`
-        problems until `rollout.prompts_per_step` informative groups are in (DAPO)."""
+    def gather(self, problems: Sequence[Problem],
+               refill: Callable[[int, int], Sequence[Problem]] | None = None) -> tuple[RolloutBatch, dict[str, float]]:
+        """One step's episodes, waited for: `problems` sampled and judged, then, with
+        `grpo.dynamic_sampling`, all-equal groups dropped and `refill(version, round)` problems
+        sampled until `rollout.prompts_per_step` informative groups are in (DAPO)."""
+        batch = self.collect(self.submit(problems))
+        if not self.config.grpo.dynamic_sampling:
+            return batch, {}
         cost = {"generate": batch.generate_s, "verify": batch.verify_s}
 
         def draw(round_: int, first_group: int) -> list[Episode]:
@@ -271,38 +276,31 @@ class Fleet:
     def train(self, batches: Iterable[Sequence[Problem]],
               refill: Callable[[int, int], Sequence[Problem]] | None = None) -> Iterator[StepReport]:
         """One learner step per batch of problems, in `fleet.mode`; a report per step. With
-        `grpo.dynamic_sampling`, `refill(version, round)` gives the extra problems to sample."""
+        `grpo.dynamic_sampling`, `refill(version, round)` gives the extra problems to sample.
+
+        async: the learner's step runs while the next step's episodes are gathered, refill
+        rounds included, by the engines' current weights; the new weights are pushed once both
+        are done, so a step takes max(gather, learn) + sync instead of their sum."""
         if self.learner is None:
             raise RuntimeError("Fleet.train needs a learner (Fleet(config, learner=factory))")
-        fleet = self.config.fleet
-        asynchronous = fleet.mode == "async"
-        bound = fleet.max_staleness if asynchronous else 0
+        asynchronous = self.config.fleet.mode == "async"
+        bound = self.config.fleet.max_staleness if asynchronous else 0
         queue = iter(batches)
-        first = next(queue, None)
-        if first is None:
-            return
-        pending: list[_Shard] | None = self.submit(first)
-        sync_refs: list[Any] = []
+        upcoming = next(queue, None)
+        ready: tuple[RolloutBatch, dict[str, float]] | None = None
         step = 0
-        while pending is not None:
+        while upcoming is not None:
             t0 = time.perf_counter()
-            batch = self.collect(pending)
-            dynamic: dict[str, float] = {}
-            if self.config.grpo.dynamic_sampling:
-                batch, dynamic = self._dynamic(batch, refill)
-            upcoming = next(queue, None)
-            pending = None
-            if asynchronous and upcoming is not None:   # overlaps with the learner's step below
-                pending = self.submit(upcoming)
-            sync_s = max(ray.get(sync_refs), default=0.0)  # the previous step's sync (async: in flight until now)
+            batch, dynamic = ready if ready is not None else self.gather(upcoming, refill)
+            ready = None
             used = fresh(batch.episodes, self.version, bound)
-            metrics, learn_s, version = ray.get(self.learner.step.remote(used))
-            sync_refs = self.push_weights(self.learner.weights.remote(), version, wait=False)
-            if not asynchronous:
-                sync_s = max(ray.get(sync_refs), default=0.0)
-                sync_refs = []
-                if upcoming is not None:
-                    pending = self.submit(upcoming)
+            learning = self.learner.step.remote(used)
+            upcoming = next(queue, None)
+            if asynchronous and upcoming is not None:   # overlaps with the learner's step
+                ready = self.gather(upcoming, refill)
+            metrics, learn_s, version = ray.get(learning)
+            sync_s = max(ray.get(self.push_weights(self.learner.weights.remote(), version, wait=False)),
+                         default=0.0)
             wall = time.perf_counter() - t0
             versions: dict[int, int] = {}
             for e in batch.episodes:
@@ -313,5 +311,3 @@ class Fleet:
                                        max(0.0, wall - learn_s - sync_s)),
                              len(used), len(batch.episodes) - len(used), versions)
             step += 1
-        if sync_refs:
-            ray.get(sync_refs)

@@ -157,6 +157,70 @@ def test_async_training_is_one_step_off(tiny: Path, tmp_path: Path) -> None:
     assert reports[1].times.weight_sync_s > 0, reports[1].times   # step 0's push, measured when it landed
 
 
+class WaitingLearner(FakeLearner):
+    """FAKE, as FakeLearner; its first step marks that it started, waits (at most 120 s) for the
+    driver's refill callback to mark that it ran meanwhile, and marks that it ended."""
+
+    def __init__(self, checkpoint: str, folder: Path) -> None:
+        super().__init__(checkpoint)
+        self.folder = folder
+
+    def step(self, episodes: Sequence[Episode]) -> Mapping[str, float]:
+        import time
+
+        saw = 1.0
+        if self.steps == 0:
+            (self.folder / "learner-started").touch()
+            deadline = time.monotonic() + 120
+            while not (self.folder / "refilled-meanwhile").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            saw = float((self.folder / "refilled-meanwhile").exists())
+            (self.folder / "learner-ended").touch()
+        return {**super().step(episodes), "saw_refill": saw}
+
+
+class _WaitingFactory(_Factory):
+    def __init__(self, checkpoint: str, folder: Path) -> None:
+        super().__init__(checkpoint)
+        self.folder = folder
+
+    def __call__(self) -> FakeLearner:
+        return WaitingLearner(self.checkpoint, self.folder)
+
+
+@pytest.mark.slow
+def test_async_gathers_the_next_step_refills_included_while_the_learner_steps(tiny: Path, tmp_path: Path) -> None:
+    """Async mode overlaps the learner's step with *all* of the next step's gathering, DAPO's
+    refill rounds included (refills run in the driver; they used to wait for the learner). The
+    untrained policy fails every problem, so every group is all-equal and each step refills."""
+    import time
+
+    from prover.fleet import Fleet
+
+    calls: list[tuple[int, int, bool]] = []
+
+    def refill(version: int, round_: int) -> list[Problem]:
+        started, ended = tmp_path / "learner-started", tmp_path / "learner-ended"
+        if calls:   # step 1's refill (step 0's comes before any learning): let the learner's actor get going
+            deadline = time.monotonic() + 60
+            while not (started.exists() or ended.exists()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        during = started.exists() and not ended.exists()
+        calls.append((version, round_, during))
+        if during:
+            (tmp_path / "refilled-meanwhile").touch()
+        return [problem(f"r{len(calls)}")]
+
+    cfg = config(tiny, tmp_path, engine="transformers", mode="async", max_staleness=1).model_copy(deep=True)
+    cfg = ProverConfig.model_validate({**cfg.model_dump(), "grpo": {"dynamic_sampling": True, "max_refill_rounds": 1},
+                                       "rollout": {**cfg.rollout.model_dump(), "prompts_per_step": 1}})
+    with Fleet(cfg, learner=_WaitingFactory(str(tiny), tmp_path)) as fleet:
+        reports = list(fleet.train([[problem("a0")], [problem("a1")]], refill))
+    assert [r.metrics["saw_refill"] for r in reports] == [1.0, 1.0], (reports, calls)
+    assert [c[2] for c in calls] == [False, True], f"(version, round, during the learner's step 0): {calls}"
+    assert [r.version for r in reports] == [1, 2], reports
+
+
 @pytest.mark.slow
 def test_vllm_rollout_actor_sync_training(tiny: Path, tmp_path: Path) -> None:
     """One vLLM engine in a Ray actor: sync mode samples every step with the current weights,
