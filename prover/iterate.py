@@ -43,6 +43,7 @@ from prover.runs import (
     CONFIG_NAME,
     RESULTS_NAME,
     SUMMARY_NAME,
+    Interrupted,
     RunConfig,
     RunDirError,
     config_differences,
@@ -59,7 +60,7 @@ PROVE_DIR, SFT_DIR = "prove", "sft"
 RERUN_IGNORED = ("iterate.rounds", "run.argv", "output_dir")
 
 
-class IterateInterrupted(Exception):
+class IterateInterrupted(Interrupted):
     """Ctrl-C or SIGTERM stopped a round; what was done is kept. `str()` is the line to print."""
 
     def __init__(self, round_: int, phase: str, detail: str) -> None:

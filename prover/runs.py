@@ -94,12 +94,30 @@ class RunConfig(BaseModel):
     expansions: int | None = Field(None, ge=1, description="prove --method search: expansions per problem.")
 
 
+def command_line() -> list[str]:
+    """This process's command line as a run records it ([run] argv: `prover ARGS...`)."""
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+def stamped(config: ProverConfig, command: str, **fields: Any) -> ProverConfig:
+    """`config` with [run] naming the job, the command line that ran it and `fields` (its
+    inputs), so that the run folder's config.resolved.toml re-runs it."""
+    return config.model_copy(update={"run": config.run.model_copy(
+        update={"command": command, "argv": command_line(), **fields})})
+
+
 class RunDirError(UserError):
     """The run folder cannot be used as asked (not empty, not writable, config differs)."""
 
 
-class RunInterrupted(Exception):
-    """Ctrl-C or SIGTERM stopped a run; what was done is written. `str()` is the line to print."""
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a job, and what it had done is kept. `str()` is the one line
+    that says so (the CLI prints it on stderr and exits 130); every job's own kind derives
+    from it."""
+
+
+class RunInterrupted(Interrupted):
+    """A RunDir run was stopped; its finished records are written."""
 
     def __init__(self, done: int, total: int, path: Path | None) -> None:
         self.done, self.total, self.path = done, total, path

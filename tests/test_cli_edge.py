@@ -424,3 +424,22 @@ def test_model_hub_id_from_the_cache(tmp_path: Path, tiny: Path, monkeypatch: py
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_model("someone/tiny") == snapshot, list(snapshot.iterdir())
     assert resolve_model(str(tiny)) == tiny
+
+
+@pytest.mark.parametrize("stop", ["run", "sft", "train", "iterate"])
+def test_every_jobs_interruption_is_its_own_line_and_exit_130(stop: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C/SIGTERM of any job reaches the CLI edge as one kind (prover.runs.Interrupted): its
+    line (what was kept, how to continue) on stderr, no 'error:' and no traceback, exit 130."""
+    from prover.cli import _handle
+    from prover.iterate import IterateInterrupted
+    from prover.rl.sft import SFTInterrupted
+    from prover.rl.train import TrainInterrupted
+    from prover.runs import RunInterrupted
+
+    exc = {"run": RunInterrupted(3, 40, Path("runs/x")), "sft": SFTInterrupted(7, Path("runs/s/step-7")),
+           "train": TrainInterrupted(5, None), "iterate": IterateInterrupted(2, "sft", "step 3 of 10")}[stop]
+    code = _handle(exc)
+    err = capsys.readouterr().err
+    assert code == 130, (code, err)
+    assert err.strip() == str(exc), err
+    assert "Traceback" not in err and "error" not in err.lower(), err

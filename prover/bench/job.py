@@ -78,7 +78,7 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
     )
     from prover.checking import STANDIN_LABEL, open_verifier
     from prover.checkpoints import resolve_model
-    from prover.runs import RunDir, RunInterrupted, draw_seed
+    from prover.runs import RunDir, RunInterrupted, command_line, draw_seed
     from prover.search.attempts import context_length, prompt_fit
 
     method, suite, problems = request.method, request.suite, request.problems
@@ -108,7 +108,7 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
         drawn = run.previous("policy.sampling.seed")
         config.policy.sampling.seed = drawn if isinstance(drawn, int) else draw_seed()
     config = config.model_copy(update={"verifier": verifier.config, "run": recorded.model_copy(update={
-        "command": command, "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": command, "argv": command_line(),
         "problems": problems or suite, "problems_file": selection.file, "problems_sha256": selection.sha256,
         "split": selection.split, "limit": limit, "names": list(names) if names is not None else None})})
     manifest = build_manifest(config, checkpoint=checkpoint, selection=selection, method=method,

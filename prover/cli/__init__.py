@@ -76,7 +76,11 @@ def _usage_message(exc: ClickException) -> str:
 def _handle(exc: BaseException) -> int:
     """The exit code for an exception that reached the CLI edge, after saying why on stderr."""
     from lean_env.errors import LeanEnvError, VerifierConfigError
+    from prover.runs import Interrupted
 
+    if isinstance(exc, Interrupted):   # its line says what was kept and how to continue
+        err_console.print(_printable(str(exc)), highlight=False, markup=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
     if isinstance(exc, UserError):
         return _error(str(exc), exc.exit_code)
     if isinstance(exc, NoArgsIsHelpError):   # a group called bare: its help is already printed

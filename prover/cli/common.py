@@ -73,11 +73,15 @@ def exit_code_for(outcomes: Iterable[str]) -> int:
     return EXIT_OK if seen and all(o == "accepted" for o in seen) else EXIT_REJECTED
 
 
-def config_from_context(ctx: typer.Context, overrides: dict[str, Any] | None = None):  # -> ProverConfig
-    """Resolve the run config for a command: defaults < the global `--config` file < `overrides`
-    (the command's own flags, as dotted keys; None = flag not given)."""
+def config_from_context(ctx: typer.Context, overrides: dict[str, Any] | None = None,
+                        config_file: Path | None = None):  # -> ProverConfig
+    """Resolve the run config for a command: defaults < the config file (the command's own
+    `--config`, else the global one) < `overrides` (the command's own flags, as dotted keys;
+    None = flag not given)."""
     from prover.config import resolve_config  # deferred: keeps `prover --help` light
 
-    root = ctx.find_root()
-    config_file = (root.obj or {}).get("config_file") if isinstance(root.obj, dict) else None
+    if config_file is None:
+        root = ctx.find_root()
+        config_file = (root.obj or {}).get("config_file") if isinstance(root.obj, dict) else None
     return resolve_config(config_file, overrides)
+

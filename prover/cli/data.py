@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from prover.cli.common import (
-    EXIT_INTERRUPTED,
     SEED_MAX,
     ForceOption,
     JsonFlag,
@@ -21,7 +20,6 @@ from prover.cli.common import (
     WorkersOption,
     config_from_context,
     console,
-    err_console,
     print_json,
 )
 from prover.problems import data_dirs, load_problems, load_suites, resolve_source, summarize
@@ -146,7 +144,6 @@ def curate(
     interrupted.
     """
     import os
-    import sys
     from contextlib import nullcontext
 
     from rich.markup import escape
@@ -162,7 +159,7 @@ def curate(
         write_outputs,
     )
     from prover.curate import curate as run_curation
-    from prover.runs import RunDir, RunInterrupted, check_pinned
+    from prover.runs import RunDir, check_pinned, command_line
 
     config = config_from_context(ctx, {
         "output_dir": out, "verifier.timeout_s": timeout, "verifier.workers": workers,
@@ -187,20 +184,16 @@ def curate(
     if verifier is not None:
         config = config.model_copy(update={"verifier": verifier.config})
     config = config.model_copy(update={"run": job.model_copy(update={
-        "command": "data curate", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]], "problems": problems,
+        "command": "data curate", "argv": command_line(), "problems": problems,
         "problems_file": resolved.location, "problems_sha256": resolved.sha256})})
     todo = [r for r in rows if r.entry.origin not in run.done_keys]
     run.begin(config, total=len(rows), summarize=summarize_records, succeeded=lambda r: bool(r["passed"]),
               unit="rows", success_word="accepted",
               extra={"stage": "quality", "verify": settings.verify} | ({"backend": label} if label else {}))
-    try:
-        with run, verifier if verifier is not None else nullcontext():
-            for record in quality_records(todo, verifier, batch_size=4 * config.verifier.workers,
-                                          on_verified=run.verified):
-                run.append(record)
-    except RunInterrupted as stop:
-        err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    with run, verifier if verifier is not None else nullcontext():
+        for record in quality_records(todo, verifier, batch_size=4 * config.verifier.workers,
+                                      on_verified=run.verified):
+            run.append(record)
     assert run.path is not None
     quality = {str(r["origin"]): r for r in run.records}
     result = run_curation(rows, quality, pass_rates=rates, size=settings.size, seed=settings.seed,

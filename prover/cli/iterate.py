@@ -8,14 +8,12 @@ sft`'s). This file parses flags and prints.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from prover.cli.common import (
-    EXIT_INTERRUPTED,
     ForceOption,
     JsonFlag,
     StandinOption,
@@ -66,26 +64,21 @@ def iterate(
     same command continues: finished rounds are read back, an interrupted phase resumes. Exit 0 done,
     2 bad input, 3 no verifier, 130 interrupted.
     """
-    from prover.config import resolve_config
-    from prover.iterate import IterateInterrupted, run_iterate
+    from prover.iterate import run_iterate
+    from prover.runs import stamped
 
     overrides = {
         "output_dir": out, "policy.checkpoint": model, "policy.engine": engine, "iterate.rounds": rounds, "iterate.problems": problems,
         "iterate.split": split, "iterate.limit": limit, "iterate.samples": samples,
         "policy.sampling.max_tokens": max_tokens, "training.steps": steps,
         "verifier.backend": "standin" if standin is not None else None, "verifier.standin_rules": standin}
-    config = resolve_config(config_file, overrides) if config_file else config_from_context(ctx, overrides)
-    config = config.model_copy(update={"run": config.run.model_copy(update={
-        "command": "iterate", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]]})})
+    config = config_from_context(ctx, overrides, config_file)
+    config = stamped(config, "iterate")
 
     def say(text: str) -> None:
         err_console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    try:
-        report = run_iterate(config, config.output_dir, force=force, say=say)
-    except IterateInterrupted as stop:
-        say(str(stop))
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    report = run_iterate(config, config.output_dir, force=force, say=say)   # Ctrl-C: IterateInterrupted, exit 130
     if as_json:
         print_json(report)
         return

@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 
 from prover.cli.common import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REJECTED,
     ForceOption,
@@ -252,7 +251,6 @@ def check_set(
     and with --out the per-proof results. Exit 0 if all passed, 1 if any failed, 2 bad input,
     3 if some could not be checked (infrastructure), 130 interrupted (what was checked is kept;
     --resume continues)."""
-    import sys
     from contextlib import nullcontext
 
     from rich.markup import escape
@@ -267,7 +265,7 @@ def check_set(
         summarize_records,
     )
     from prover.problems import load_problems, resolve_source, sha256_of
-    from prover.runs import RunDir, RunInterrupted, check_pinned
+    from prover.runs import RunDir, check_pinned, command_line
 
     run_config = config_from_context(ctx, {"verifier.timeout_s": timeout, "verifier.workers": workers,
                                            "output_dir": out})
@@ -290,7 +288,7 @@ def check_set(
     if verifier is not None:   # what actually ran (backend, REPL command) rather than the defaults
         run_config = run_config.model_copy(update={"verifier": verifier.config})
     run_config = run_config.model_copy(update={"run": job.model_copy(update={
-        "command": "lean check-set", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]], "proofs": str(proofs),
+        "command": "lean check-set", "argv": command_line(), "proofs": str(proofs),
         "proofs_sha256": proofs_sha256, "problems": problems, "problems_file": resolved.location,
         "problems_sha256": resolved.sha256, "static": static})})
     todo = [e for e in entries if e.origin not in run.done_keys]   # --resume: the rest
@@ -300,13 +298,9 @@ def check_set(
               unit="proofs", success_word="passed",
               extra={"checked_by": checked_by, "proofs": str(proofs), "problems": problems,
                      "static": verifier is None} | ({"backend": label} if label else {}))
-    try:
-        with run, verifier if verifier is not None else nullcontext():
-            for result in results:
-                run.append(result.to_json())
-    except RunInterrupted as stop:
-        err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    with run, verifier if verifier is not None else nullcontext():
+        for result in results:
+            run.append(result.to_json())
     summary = run.summary
     assert summary is not None
     if as_json:

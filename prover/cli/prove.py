@@ -12,7 +12,6 @@ feedback repair, best-first tactic search. This file parses flags and prints.
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,6 @@ import typer
 from typer.core import TyperGroup
 
 from prover.cli.common import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REJECTED,
     SEED_MAX,
@@ -133,7 +131,7 @@ def prove(
     from prover.checking import STANDIN_LABEL, open_verifier
     from prover.checkpoints import resolve_model
     from prover.problems import load_problems, resolve_source
-    from prover.runs import RunDir, RunInterrupted, check_pinned, draw_seed
+    from prover.runs import RunDir, check_pinned, command_line, draw_seed
     from prover.search.attempts import Budget, context_length, prompt_fit, summarize_records
     from prover.search.methods import (
         METHODS,
@@ -192,7 +190,7 @@ def prove(
                             forcing=BudgetForcing(think_tokens, waits) if think_tokens else None,
                             problems_per_batch=config.run.problems_per_batch)
     config = config.model_copy(update={"verifier": verifier.config, "run": job.model_copy(update={
-        "command": "prove whole" if method == "whole" else f"prove --method {method}", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]], "problems": source,
+        "command": "prove whole" if method == "whole" else f"prove --method {method}", "argv": command_line(), "problems": source,
         "problems_file": resolved.location, "problems_sha256": resolved.sha256, "split": split,
         "names": list(names) if names else None, "limit": limit, "method": method,
         "budget_samples": budget_samples, "budget_tokens": budget_tokens, "budget_seconds": budget_seconds,
@@ -207,30 +205,26 @@ def prove(
     todo = [p for p in selected if p.id not in run.done_keys]
     prefix = f"[{label}] " if label else ""
     records: list[dict[str, Any]] = []
-    try:
-        with run:
-            if run.done_keys:
-                err_console.print(f"resuming {run.path}: {len(selected) - len(todo)} of {len(selected)} problems "
-                                  "already done", highlight=False, markup=False, soft_wrap=True)
-            if todo:   # a finished run resumed with nothing left starts no engine
-                err_console.print(f"starting {config.policy.engine} on {checkpoint} ({method}, template "
-                                  f"{config.rollout.prompt_template}) ...", highlight=False, markup=False, soft_wrap=True)
-                tokenizer = load_tokenizer(config.policy.tokenizer or checkpoint)
-                fits = prompt_fit(lambda text: len(tokenizer(text)["input_ids"]),
-                                  context_length(checkpoint, config.policy.max_model_len))
-                with make_engine(config.policy) as policy_engine, verifier:
-                    results = prove_problems(method, todo, policy_engine, verifier, config.policy.sampling,
-                                             template=config.rollout.prompt_template, options=options,
-                                             tokenizer=tokenizer, prompt_check=fits, on_verified=run.verified)
-                    for result in results:
-                        record = result.to_json() | ({"backend": label} if label else {})
-                        run.append(record)
-                        records.append(_brief(result))
-                        if not as_json:
-                            _print_result(prefix, result)
-    except RunInterrupted as stop:
-        err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    with run:
+        if run.done_keys:
+            err_console.print(f"resuming {run.path}: {len(selected) - len(todo)} of {len(selected)} problems "
+                              "already done", highlight=False, markup=False, soft_wrap=True)
+        if todo:   # a finished run resumed with nothing left starts no engine
+            err_console.print(f"starting {config.policy.engine} on {checkpoint} ({method}, template "
+                              f"{config.rollout.prompt_template}) ...", highlight=False, markup=False, soft_wrap=True)
+            tokenizer = load_tokenizer(config.policy.tokenizer or checkpoint)
+            fits = prompt_fit(lambda text: len(tokenizer(text)["input_ids"]),
+                              context_length(checkpoint, config.policy.max_model_len))
+            with make_engine(config.policy) as policy_engine, verifier:
+                results = prove_problems(method, todo, policy_engine, verifier, config.policy.sampling,
+                                         template=config.rollout.prompt_template, options=options,
+                                         tokenizer=tokenizer, prompt_check=fits, on_verified=run.verified)
+                for result in results:
+                    record = result.to_json() | ({"backend": label} if label else {})
+                    run.append(record)
+                    records.append(_brief(result))
+                    if not as_json:
+                        _print_result(prefix, result)
     summary = run.summary
     assert summary is not None
     if as_json:

@@ -9,19 +9,16 @@ the GRPO trainer). This file parses flags and prints.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from prover.cli.common import (
-    EXIT_INTERRUPTED,
     ForceOption,
     JsonFlag,
     config_from_context,
     console,
-    err_console,
     print_json,
 )
 
@@ -59,21 +56,16 @@ def sft(
     command continues from the newest checkpoint. Exit 0 done, 2 bad input, 130 interrupted
     (a checkpoint of the last finished step is written).
     """
-    from prover.config import resolve_config
-    from prover.rl.sft import SFTInterrupted, run_sft
+    from prover.rl.sft import run_sft
+    from prover.runs import stamped
 
     overrides = {
         "output_dir": out, "policy.checkpoint": model, "sft.corpus": corpus, "sft.format": corpus_format,
         "sft.problems": problems, "rollout.prompt_template": template, "training.steps": steps,
         "training.learning_rate": learning_rate, "training.device": device}
-    config = resolve_config(config_file, overrides) if config_file else config_from_context(ctx, overrides)
-    config = config.model_copy(update={"run": config.run.model_copy(update={
-        "command": "sft", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]]})})
-    try:
-        summary = run_sft(config, config.output_dir, force=force)
-    except SFTInterrupted as stop:
-        err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    config = config_from_context(ctx, overrides, config_file)
+    config = stamped(config, "sft")
+    summary = run_sft(config, config.output_dir, force=force)   # Ctrl-C: SFTInterrupted, exit 130
     if as_json:
         print_json(summary)
         return

@@ -10,20 +10,17 @@ The loop lives in `prover.rl.train` (the fleet in `prover.fleet`, the objective 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from prover.cli.common import (
-    EXIT_INTERRUPTED,
     ForceOption,
     JsonFlag,
     StandinOption,
     config_from_context,
     console,
-    err_console,
     print_json,
 )
 
@@ -67,24 +64,20 @@ def train(
     if ctx.invoked_subcommand is not None:
         return
     from prover.checking import open_verifier
-    from prover.config import parse_assignments, resolve_config
-    from prover.rl.train import TrainInterrupted, preflight, run_train
+    from prover.config import parse_assignments
+    from prover.rl.train import preflight, run_train
+    from prover.runs import stamped
 
     overrides = {**parse_assignments(assignments or []),
                  **{k: v for k, v in {"output_dir": out, "policy.checkpoint": model, "rollout.problems": problems,
                                       "training.steps": steps, "fleet.ray_address": ray_address}.items()
                     if v is not None}}
-    config = resolve_config(config_file, overrides) if config_file else config_from_context(ctx, overrides)
+    config = config_from_context(ctx, overrides, config_file)
     preflight(config)
     # The verifier is built here once, before any actor starts: no Lean and no --standin is exit 3 now.
     verifier = open_verifier(config.verifier, standin).config
-    config = config.model_copy(update={"verifier": verifier, "run": config.run.model_copy(update={
-        "command": "train", "argv": [Path(sys.argv[0]).name, *sys.argv[1:]]})})
-    try:
-        summary = run_train(config, config.output_dir, force=force)
-    except TrainInterrupted as stop:
-        err_console.print(str(stop), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    config = stamped(config.model_copy(update={"verifier": verifier}), "train")
+    summary = run_train(config, config.output_dir, force=force)   # Ctrl-C: TrainInterrupted, exit 130
     if as_json:
         print_json(summary)
         return

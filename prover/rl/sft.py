@@ -55,6 +55,7 @@ from prover.rl.packing import (
 from prover.rl.schedule import make_scheduler
 from prover.runs import (
     SUMMARY_NAME,
+    Interrupted,
     interrupts_held,
     sigterm_as_interrupt,
     with_absolute_paths,
@@ -62,7 +63,7 @@ from prover.runs import (
 
 logger = logging.getLogger(__name__)
 
-class SFTInterrupted(Exception):
+class SFTInterrupted(Interrupted):
     """Ctrl-C or SIGTERM stopped training; a checkpoint of the last finished step was written."""
 
     def __init__(self, step: int, checkpoint: Path) -> None:

@@ -37,7 +37,13 @@ from prover.problems import Problem, load_problems
 from prover.rl.checkpointing import Checkpointer, prepare_training_dir
 from prover.rl.episodes import Episode
 from prover.rl.metrics import METRICS_NAME, MetricsLog, StepProgress, read_metrics
-from prover.runs import SUMMARY_NAME, interrupts_held, sigterm_as_interrupt, with_absolute_paths
+from prover.runs import (
+    SUMMARY_NAME,
+    Interrupted,
+    interrupts_held,
+    sigterm_as_interrupt,
+    with_absolute_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ STANDIN_LABEL = "stand-in REPL (a test double, not Lean)"
 PROCESS_RECORD = ".fleet-processes.json"   # what the fleet started: reaped if a killed run left it
 
 
-class TrainInterrupted(Exception):
+class TrainInterrupted(Interrupted):
     """Ctrl-C or SIGTERM stopped training; `str()` is the line to print."""
 
     def __init__(self, step: int, checkpoint: Path | None) -> None:

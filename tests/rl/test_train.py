@@ -92,17 +92,17 @@ def _metrics(run: Path) -> list[dict[str, object]]:
 
 @pytest.mark.slow
 def test_grpo_example_runs_through_ray_vllm_and_the_standin(warm_start: Path, tmp_path: Path) -> None:
-    """The CPU example (examples/train-cpu-standin.toml) for 12 of its steps, as it is but for the
+    """The CPU example (examples/train-cpu-standin.toml) for 8 of its steps, as it is but for the
     warm start's path: every step once, the metrics the issue names in every row, rewards from the
     stand-in (labelled), the cold start's reward above 0, a checkpoint vLLM can load, the report.
     Whether it *learns* over seeds is measured by benchmarks/grpo_cpu.py (30 steps x 3 seeds: too
     long for CI; +0.31, +0.32, +0.24 in benchmarks/results/grpo-cpu.json), not asserted here."""
     config = _config(tmp_path / "train.toml", "train-cpu-standin.toml", {
-        "policy": {"checkpoint": str(warm_start)}, "training": {"steps": 12, "save_every": 6}})
+        "policy": {"checkpoint": str(warm_start)}, "training": {"steps": 8, "save_every": 4}})
     run = tmp_path / "run"
     summary = json.loads(_prover("train", "--config", str(config), "--out", str(run), "--json", timeout=900).stdout)
     rows = _metrics(run)
-    assert [r["step"] for r in rows] == list(range(1, 13)), [r["step"] for r in rows]
+    assert [r["step"] for r in rows] == list(range(1, 9)), [r["step"] for r in rows]
     rewards = [step_reward(r) for r in rows]   # the step's own samples, before dynamic sampling drops groups
     assert all(0.0 <= r <= 1.0 for r in rewards), rewards
     assert rewards[0] > 0, f"the cold start should prove something at step 1: {rewards}"
@@ -115,7 +115,7 @@ def test_grpo_example_runs_through_ray_vllm_and_the_standin(warm_start: Path, tm
                 "dynamic_informative_groups", "sampled_reward_mean"):
         assert any(key in r for r in rows), f"{key} missing from every metrics row"
     checkpoint = Path(summary["checkpoint"])
-    assert checkpoint.name == "step-00000012" and (checkpoint / "config.json").is_file(), summary
+    assert checkpoint.name == "step-00000008" and (checkpoint / "config.json").is_file(), summary
     report = json.loads(_prover("train", "report", str(run), "--json").stdout)
     assert Path(report["png"]).stat().st_size > 10_000, report
 
