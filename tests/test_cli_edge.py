@@ -232,6 +232,8 @@ def test_model_config_json_that_is_a_list(tmp_path: Path) -> None:
     line = _one_error_line(_run("prove", "whole", "--model", tmp_path / "m", "--standin", RULES,
                                 "--out", tmp_path / "run"))
     assert "expected a JSON object" in line, line
+    line = _one_error_line(_run("model", "convert", tmp_path / "m", "--out", tmp_path / "converted"))
+    assert "config.json: expected a JSON object" in line and "got a list" in line, line
 
 
 def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path) -> None:
