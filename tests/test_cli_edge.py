@@ -236,6 +236,18 @@ def test_model_config_json_that_is_a_list(tmp_path: Path) -> None:
     assert "config.json: expected a JSON object" in line and "got a list" in line, line
 
 
+def test_generation_config_json_that_is_a_list(tmp_path: Path, tiny: Path) -> None:
+    """transformers and vLLM read generation_config.json too; a list there was a traceback."""
+    (tmp_path / "m").mkdir()
+    for file in tiny.iterdir():
+        (tmp_path / "m" / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "m" / "generation_config.json").write_text("[1]")
+    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--limit", "1", "--model",
+                                tmp_path / "m", "--engine", "transformers", "--samples", "1", "--max-tokens", "2",
+                                "--standin", RULES, "--out", tmp_path / "run"))
+    assert "generation_config.json: expected a JSON object of generation settings, got a list" in line, line
+
+
 def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
