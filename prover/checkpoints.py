@@ -201,9 +201,11 @@ def resolve_model(spec: str, *, connect_timeout_s: float = 2.0) -> Path:
                             f"({endpoint}) is not reachable: {why}; {hint}") from None
         try:
             folder = Path(snapshot_download(spec, allow_patterns=HUB_PATTERNS, endpoint=endpoint))
-        except HfHubHTTPError as exc:
-            raise UserError(f"--model {spec}: no such folder, and the hub says: "
-                            f"{str(exc).splitlines()[0]}") from None
+        except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+            # A hub or mirror that answers with an error other than "no such repo" (a bare 404,
+            # a 5xx) comes back as LocalEntryNotFoundError ("Got: HfHubHTTPError: ...").
+            said = str(exc).splitlines()[0].removeprefix("Got: ")
+            raise UserError(f"--model {spec}: no such folder, and the hub ({endpoint}) says: {said}") from None
     except HFValidationError as exc:
         raise UserError(f"--model {spec}: not a valid hub id ({exc})") from None
     read_model_config(folder)

@@ -422,6 +422,39 @@ def test_model_hub_id_offline_fails_fast(tmp_path: Path) -> None:
         assert seconds < 3, f"{env}: took {seconds:.1f} s: {line}"
 
 
+def test_model_hub_id_on_a_hub_that_answers_an_error(tmp_path: Path) -> None:
+    """A reachable hub or mirror (HF_ENDPOINT) that answers a bare 404: one line, not the hub
+    client's LocalEntryNotFoundError traceback. A real process: the hub client reads
+    HF_HUB_OFFLINE when imported."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint,
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "prover.cli", "prove", "whole", "--model", "someone/nothing",
+                               "--standin", str(RULES), "--out", str(tmp_path / "run")],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    finally:
+        server.shutdown()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == EXIT_USAGE and len(lines) == 1, f"exit {done.returncode}: {done.stderr[-3000:]}"
+    assert lines[0].startswith(f"error: --model someone/nothing: no such folder, and the hub ({endpoint}) says:") \
+        and "404" in lines[0], lines[0]
+
+
 def test_model_hub_id_from_the_cache(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
