@@ -278,6 +278,37 @@ def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path
         locked.chmod(0o755)
 
 
+def test_checkpoint_with_a_shorter_context_than_max_model_len(tmp_path: Path, tiny: Path) -> None:
+    """A model whose max_position_embeddings (64) is below policy.max_model_len (4096 by
+    default): the run uses the model's context (README: `max_model_len`, capped by the
+    checkpoint's `max_position_embeddings`) and records it, instead of the engine's ValueError
+    traceback; a prompt too long for it is that problem's verdict."""
+    import tomllib
+
+    model = tmp_path / "short"
+    model.mkdir()
+    for file in tiny.iterdir():
+        (model / file.name).write_bytes(file.read_bytes())
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 64}))
+    short = {"name": "short", "split": "test", "header": "import Mathlib\n", "informal_prefix": "",
+             "formal_statement": "theorem short : True := by\n", "goal": ""}
+    long = short | {"name": "long", "informal_prefix": "/-- " + "a long comment " * 20 + "-/\n",
+                    "formal_statement": "theorem long : True := by\n"}
+    problems = tmp_path / "two.jsonl"
+    problems.write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
+    common = ["--problems", problems, "--model", model, "--engine", "transformers", "--max-tokens", "4",
+              "--standin", RULES, "--json"]
+    for command, out in ((["prove", "whole", "--samples", "1"], "run"), (["bench", "--n", "1"], "bench")):
+        result = _run(*command, *common, "--out", tmp_path / out)
+        assert result.exit_code in (EXIT_OK, EXIT_REJECTED), f"{command}: exit {result.exit_code}: {result.output[-3000:]}"
+        records = [json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()]
+        outcomes = {r["id"]: r["outcome"] for r in records}
+        assert outcomes["long"] == "not_checked:prompt_too_long" and outcomes["short"] != outcomes["long"], outcomes
+        resolved = tomllib.loads((tmp_path / out / "config.resolved.toml").read_text())
+        assert resolved["policy"]["max_model_len"] == 64, resolved["policy"]
+
+
 def test_path_with_undecodable_bytes(tmp_path: Path) -> None:
     """A real process: the bytes come in through argv, as from a shell."""
     name = os.fsencode(tmp_path) + b"/pr\xff.jsonl"
