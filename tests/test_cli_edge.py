@@ -346,6 +346,22 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- item 4: exit codes ----------------------------------------------------------------------
 
+def test_no_lean_is_exit_3_and_suggests_only_flags_the_command_has(tmp_path: Path, tiny: Path) -> None:
+    from lean_env.toolchain import find_toolchain
+
+    if find_toolchain().complete:
+        pytest.skip("a Lean toolchain is installed here")
+    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tiny,
+                                "--out", tmp_path / "run"), EXIT_NOT_CHECKED)
+    assert "no Lean toolchain" in line and "prover lean setup" in line and "--static" not in line, line
+    proofs = tmp_path / "proofs.jsonl"
+    proofs.write_text(json.dumps({"name": "b", "code": PROOF}) + "\n")
+    problems = tmp_path / "problems.lean"
+    problems.write_text("import Mathlib\n\ntheorem b : 1 = 1 := by\n  sorry\n")
+    line = _one_error_line(_run("lean", "check-set", proofs, "--problems", problems), EXIT_NOT_CHECKED)
+    assert "no Lean toolchain" in line and "--static" in line, line
+
+
 def test_exit_code_for_outcomes() -> None:
     cases = {("accepted",): 0, ("accepted", "rejected:forbidden"): 1, ("timed_out",): 1,
              ("not_checked:no_code",): 1, ("rejected:lean_error", "not_checked:infrastructure"): 3,
