@@ -199,6 +199,13 @@ def test_timeout_out_of_range_is_a_user_error(proof: Path, value: str) -> None:
     assert "timeout" in line, line
 
 
+def test_infinite_temperature_is_a_user_error(tmp_path: Path) -> None:
+    """`--temperature inf` sampled uniformly (logits / inf) and recorded inf as the run's setting."""
+    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tmp_path,
+                                "--temperature", "inf", "--standin", RULES, "--out", tmp_path / "run"))
+    assert "policy.sampling.temperature" in line and "finite" in line, line
+
+
 def test_seed_past_64_bits_is_a_user_error(tmp_path: Path, tiny: Path) -> None:
     huge = str(2**64)
     line = _one_error_line(_run("model", "init", "--preset", "tiny", "--out", tmp_path / "m", "--seed", huge))
