@@ -409,6 +409,12 @@ def test_version_and_short_help() -> None:
         assert result.exit_code == 0 and "Usage: prover" in result.stdout, f"{args}: {result.output}"
 
 
+def test_python_dash_m_prover_is_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "prover", "--version"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("prover "), (done.returncode, done.stdout, done.stderr)
+
+
 def test_train_mistakes_are_one_line_before_any_work(tmp_path: Path) -> None:
     """Checked before Ray, engines or REPLs start: each is one line and exit 2."""
     model = tmp_path / "no-model"
