@@ -25,7 +25,7 @@ class SamplingConfig(BaseModel):
         "pass@k is estimated from (every benchmark.k <= n) and `prove`'s samples per problem. The "
         "only home of this value.",
     )
-    temperature: float = Field(1.0, ge=0.0, description="Softmax temperature; 0 means greedy.")
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="Softmax temperature; 0 means greedy.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (DeepSeek-Prover-V1.5 uses 0.95).")
     max_tokens: int = Field(2048, ge=1, description="Maximum new tokens per completion.")
     seed: int | None = Field(

@@ -60,10 +60,11 @@ class CheckResult:
 STANDIN_LABEL = "stand-in (not Lean)"   # how every command labels the test double's verdicts
 
 
-def open_verifier(config: Any, standin: Path | None) -> Any:
+def open_verifier(config: Any, standin: Path | None, *, has_static: bool = False) -> Any:
     """`lean_env.verifier.make_verifier` for a command: `standin` (a rule table, `--standin`)
     selects the test double; no toolchain and a bad backend choice become one-line errors
-    (UserError, CannotCheck), never a silent fall-back to the stand-in."""
+    (UserError, CannotCheck), never a silent fall-back to the stand-in. `has_static`: the
+    command takes `--static`, which the no-toolchain message then suggests."""
     from lean_env.errors import VerifierConfigError
     from lean_env.toolchain import ToolchainError
     from lean_env.verifier import make_verifier
@@ -77,8 +78,8 @@ def open_verifier(config: Any, standin: Path | None) -> Any:
     except VerifierConfigError as exc:
         raise UserError(str(exc)) from None
     except ToolchainError as exc:
-        raise CannotCheck(f"could not check: no Lean toolchain found: {exc}; or pass --static for "
-                          "the checks that need no Lean") from None
+        hint = "; or pass --static for the checks that need no Lean" if has_static else ""
+        raise CannotCheck(f"could not check: no Lean toolchain found: {exc}{hint}") from None
 
 
 def load_proofs(path: Path) -> list[ProofEntry]:

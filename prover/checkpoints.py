@@ -119,21 +119,29 @@ def _safetensors_summary(folder: Path) -> dict[str, Any] | None:
     }
 
 
+def _json_object(file: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; UserError naming the file otherwise."""
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{file}: expected a JSON object of {what}, got a {type(value).__name__}")
+    return value
+
+
 def read_model_config(folder: Path) -> dict[str, Any]:
     """The checkpoint's config.json as a dict; UserError for a missing, unreadable, non-JSON
-    or non-object file (what transformers and vLLM would otherwise fail on with a traceback)."""
+    or non-object file (what transformers and vLLM would otherwise fail on with a traceback).
+    A generation_config.json beside it, which both load too, must be a JSON object as well."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json (not a Hugging Face checkpoint folder)")
-    try:
-        config = json.loads(config_file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{config_file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_file} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{config_file}: expected a JSON object of model settings, got a "
-                        f"{type(config).__name__}")
+    config = _json_object(config_file, "model settings")
+    if (folder / "generation_config.json").is_file():
+        _json_object(folder / "generation_config.json", "generation settings")
     return config
 
 
@@ -193,9 +201,11 @@ def resolve_model(spec: str, *, connect_timeout_s: float = 2.0) -> Path:
                             f"({endpoint}) is not reachable: {why}; {hint}") from None
         try:
             folder = Path(snapshot_download(spec, allow_patterns=HUB_PATTERNS, endpoint=endpoint))
-        except HfHubHTTPError as exc:
-            raise UserError(f"--model {spec}: no such folder, and the hub says: "
-                            f"{str(exc).splitlines()[0]}") from None
+        except (HfHubHTTPError, LocalEntryNotFoundError) as exc:
+            # A hub or mirror that answers with an error other than "no such repo" (a bare 404,
+            # a 5xx) comes back as LocalEntryNotFoundError ("Got: HfHubHTTPError: ...").
+            said = str(exc).splitlines()[0].removeprefix("Got: ")
+            raise UserError(f"--model {spec}: no such folder, and the hub ({endpoint}) says: {said}") from None
     except HFValidationError as exc:
         raise UserError(f"--model {spec}: not a valid hub id ({exc})") from None
     read_model_config(folder)

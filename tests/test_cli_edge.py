@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -200,6 +199,13 @@ def test_timeout_out_of_range_is_a_user_error(proof: Path, value: str) -> None:
     assert "timeout" in line, line
 
 
+def test_infinite_temperature_is_a_user_error(tmp_path: Path) -> None:
+    """`--temperature inf` sampled uniformly (logits / inf) and recorded inf as the run's setting."""
+    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tmp_path,
+                                "--temperature", "inf", "--standin", RULES, "--out", tmp_path / "run"))
+    assert "policy.sampling.temperature" in line and "finite" in line, line
+
+
 def test_seed_past_64_bits_is_a_user_error(tmp_path: Path, tiny: Path) -> None:
     huge = str(2**64)
     line = _one_error_line(_run("model", "init", "--preset", "tiny", "--out", tmp_path / "m", "--seed", huge))
@@ -232,15 +238,38 @@ def test_model_config_json_that_is_a_list(tmp_path: Path) -> None:
     line = _one_error_line(_run("prove", "whole", "--model", tmp_path / "m", "--standin", RULES,
                                 "--out", tmp_path / "run"))
     assert "expected a JSON object" in line, line
+    line = _one_error_line(_run("model", "convert", tmp_path / "m", "--out", tmp_path / "converted"))
+    assert "config.json: expected a JSON object" in line and "got a list" in line, line
 
 
-def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path) -> None:
+def test_generation_config_json_that_is_a_list(tmp_path: Path, tiny: Path) -> None:
+    """transformers and vLLM read generation_config.json too; a list there was a traceback."""
+    (tmp_path / "m").mkdir()
+    for file in tiny.iterdir():
+        (tmp_path / "m" / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "m" / "generation_config.json").write_text("[1]")
+    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--limit", "1", "--model",
+                                tmp_path / "m", "--engine", "transformers", "--samples", "1", "--max-tokens", "2",
+                                "--standin", RULES, "--out", tmp_path / "run"))
+    assert "generation_config.json: expected a JSON object of generation settings, got a list" in line, line
+
+
+def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import policy.engines
+    import prover.checkpoints
+
+    def work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the output folder was checked")
+
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    started = time.perf_counter()
-    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tiny,
-                                "--standin", RULES, "--out", blocker / "run"))
-    assert "a_file" in line and "not writable" in line and time.perf_counter() - started < 5, line
+    with monkeypatch.context() as patch:   # no model is resolved or loaded: the folder is checked first
+        patch.setattr(prover.checkpoints, "resolve_model", work)
+        patch.setattr(policy.engines, "make_engine", work)
+        line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tiny,
+                                    "--standin", RULES, "--out", blocker / "run"))
+    assert "a_file" in line and "not writable" in line, line
     line = _one_error_line(_run("model", "init", "--preset", "tiny", "--out", blocker))
     assert "is a file" in line, line
     if os.geteuid() == 0:
@@ -254,6 +283,37 @@ def test_output_folder_not_writable_fails_before_work(tmp_path: Path, tiny: Path
         assert "not writable" in line, line
     finally:
         locked.chmod(0o755)
+
+
+def test_checkpoint_with_a_shorter_context_than_max_model_len(tmp_path: Path, tiny: Path) -> None:
+    """A model whose max_position_embeddings (64) is below policy.max_model_len (4096 by
+    default): the run uses the model's context (README: `max_model_len`, capped by the
+    checkpoint's `max_position_embeddings`) and records it, instead of the engine's ValueError
+    traceback; a prompt too long for it is that problem's verdict."""
+    import tomllib
+
+    model = tmp_path / "short"
+    model.mkdir()
+    for file in tiny.iterdir():
+        (model / file.name).write_bytes(file.read_bytes())
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 64}))
+    short = {"name": "short", "split": "test", "header": "import Mathlib\n", "informal_prefix": "",
+             "formal_statement": "theorem short : True := by\n", "goal": ""}
+    long = short | {"name": "long", "informal_prefix": "/-- " + "a long comment " * 20 + "-/\n",
+                    "formal_statement": "theorem long : True := by\n"}
+    problems = tmp_path / "two.jsonl"
+    problems.write_text(json.dumps(long) + "\n" + json.dumps(short) + "\n")
+    common = ["--problems", problems, "--model", model, "--engine", "transformers", "--max-tokens", "4",
+              "--standin", RULES, "--json"]
+    for command, out in ((["prove", "whole", "--samples", "1"], "run"), (["bench", "--n", "1"], "bench")):
+        result = _run(*command, *common, "--out", tmp_path / out)
+        assert result.exit_code in (EXIT_OK, EXIT_REJECTED), f"{command}: exit {result.exit_code}: {result.output[-3000:]}"
+        records = [json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()]
+        outcomes = {r["id"]: r["outcome"] for r in records}
+        assert outcomes["long"] == "not_checked:prompt_too_long" and outcomes["short"] != outcomes["long"], outcomes
+        resolved = tomllib.loads((tmp_path / out / "config.resolved.toml").read_text())
+        assert resolved["policy"]["max_model_len"] == 64, resolved["policy"]
 
 
 def test_path_with_undecodable_bytes(tmp_path: Path) -> None:
@@ -293,6 +353,22 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- item 4: exit codes ----------------------------------------------------------------------
 
+def test_no_lean_is_exit_3_and_suggests_only_flags_the_command_has(tmp_path: Path, tiny: Path) -> None:
+    from lean_env.toolchain import find_toolchain
+
+    if find_toolchain().complete:
+        pytest.skip("a Lean toolchain is installed here")
+    line = _one_error_line(_run("prove", "whole", "--problems", "minif2f-valid", "--model", tiny,
+                                "--out", tmp_path / "run"), EXIT_NOT_CHECKED)
+    assert "no Lean toolchain" in line and "prover lean setup" in line and "--static" not in line, line
+    proofs = tmp_path / "proofs.jsonl"
+    proofs.write_text(json.dumps({"name": "b", "code": PROOF}) + "\n")
+    problems = tmp_path / "problems.lean"
+    problems.write_text("import Mathlib\n\ntheorem b : 1 = 1 := by\n  sorry\n")
+    line = _one_error_line(_run("lean", "check-set", proofs, "--problems", problems), EXIT_NOT_CHECKED)
+    assert "no Lean toolchain" in line and "--static" in line, line
+
+
 def test_exit_code_for_outcomes() -> None:
     cases = {("accepted",): 0, ("accepted", "rejected:forbidden"): 1, ("timed_out",): 1,
              ("not_checked:no_code",): 1, ("rejected:lean_error", "not_checked:infrastructure"): 3,
@@ -331,6 +407,12 @@ def test_version_and_short_help() -> None:
     for args in (["-h"], ["lean", "-h"], ["lean", "check", "-h"], ["config", "show", "-h"]):
         result = _run(*args)
         assert result.exit_code == 0 and "Usage: prover" in result.stdout, f"{args}: {result.output}"
+
+
+def test_python_dash_m_prover_is_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "prover", "--version"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("prover "), (done.returncode, done.stdout, done.stderr)
 
 
 def test_train_mistakes_are_one_line_before_any_work(tmp_path: Path) -> None:
@@ -397,15 +479,59 @@ def test_lean_check_theorem_picks_the_theorem(proof: Path) -> None:
     assert "no theorem named 'c'" in line, line
 
 
-def test_model_hub_id_offline_fails_fast(tmp_path: Path) -> None:
+def test_model_hub_id_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast without a clock (no test may depend on the machine's speed): the hub client is only
+    asked for its local cache, never to download, which is where its retries (~28 s) were."""
+    import huggingface_hub
+
+    asked: list[dict[str, object]] = []
+    local_only = huggingface_hub.snapshot_download
+
+    def snapshot_download(*args: object, **kwargs: object) -> str:
+        asked.append(kwargs)
+        return local_only(*args, **kwargs)   # type: ignore[arg-type]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     for env in ({"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}):
-        started = time.perf_counter()
+        asked.clear()
         result = _run("prove", "whole", "--model", "nobody-here/no-such-model", "--standin", RULES,
                       "--out", tmp_path / "run", env=env)
-        seconds = time.perf_counter() - started
         line = _one_error_line(result)
         assert "--model nobody-here/no-such-model: not in the local Hugging Face cache" in line, line
-        assert seconds < 3, f"{env}: took {seconds:.1f} s: {line}"
+        assert asked and all(call.get("local_files_only") for call in asked), f"{env}: hub calls {asked}"
+
+
+def test_model_hub_id_on_a_hub_that_answers_an_error(tmp_path: Path) -> None:
+    """A reachable hub or mirror (HF_ENDPOINT) that answers a bare 404: one line, not the hub
+    client's LocalEntryNotFoundError traceback. A real process: the hub client reads
+    HF_HUB_OFFLINE when imported."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint,
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "prover.cli", "prove", "whole", "--model", "someone/nothing",
+                               "--standin", str(RULES), "--out", str(tmp_path / "run")],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    finally:
+        server.shutdown()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == EXIT_USAGE and len(lines) == 1, f"exit {done.returncode}: {done.stderr[-3000:]}"
+    assert lines[0].startswith(f"error: --model someone/nothing: no such folder, and the hub ({endpoint}) says:") \
+        and "404" in lines[0], lines[0]
 
 
 def test_model_hub_id_from_the_cache(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,9 +73,9 @@ def test_prove_whole_bookkeeping_with_the_standin(tmp_path: Path) -> None:
     assert len(prompts) == 2 and sampling.stop == ["\n\n\n", "```"], sampling
     assert [r.problem.id for r in results] == ["t1", "t2"]
     for result in results:
-        outcomes = [(a.sample, a.verdict.kind, getattr(a.verdict, "reason", None)) for a in result.attempts]
-        assert outcomes == [(0, "rejected", "forbidden"), (1, "rejected", "lean_error"),
-                            (2, "accepted", None), (3, "accepted", None)], outcomes
+        outcomes = [(a.sample, a.verdict.outcome) for a in result.attempts]
+        assert outcomes == [(0, "rejected:forbidden"), (1, "rejected:lean_error"),
+                            (2, "accepted"), (3, "accepted")], outcomes
         assert result.proof == result.problem.formal_statement + "  omega\n", result.proof
         assert all("stand-in" in a.verdict.checked_by for a in result.attempts)
     record = results[0].to_json()

@@ -97,7 +97,9 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
         raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
     run = RunDir.prepare(config.output_dir, key="id", force=request.force, resume=request.resume)   # before any work
     checkpoint = resolve_model(config.policy.checkpoint)
-    config = config.model_copy(update={"policy": config.policy.model_copy(update={"checkpoint": str(checkpoint)})})
+    config = config.model_copy(update={"policy": config.policy.model_copy(update={
+        "checkpoint": str(checkpoint),   # engines refuse a context past the model's
+        "max_model_len": context_length(checkpoint, config.policy.max_model_len)})})
     limit = request.limit if request.limit is not None else recorded.limit
     selection = select_problems(suite=suite, problems=problems,
                                 split=request.split if request.split is not None else recorded.split,

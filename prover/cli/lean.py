@@ -167,7 +167,8 @@ def check(
     name, header, statement = _target(proof, code, problem, problems, theorem)
     label = STANDIN_LABEL if standin is not None else None
     verifier = None if static else open_verifier(   # exit 3 without Lean
-        config_from_context(ctx, {"verifier.workers": 1, "verifier.timeout_s": timeout}).verifier, standin)
+        config_from_context(ctx, {"verifier.workers": 1, "verifier.timeout_s": timeout}).verifier, standin,
+        has_static=True)
     checked_by = "static checks (no Lean ran)" if verifier is None else verifier.checked_by
     try:
         verdict = precheck(name, header, statement, code, checked_by=checked_by)
@@ -282,7 +283,7 @@ def check_set(
     resolved = resolve_source(problems)
     check_pinned("--problems", problems, resolved.sha256, job.problems, job.problems_sha256)
     problem_set = load_problems(problems)
-    verifier = None if static else open_verifier(run_config.verifier, standin)
+    verifier = None if static else open_verifier(run_config.verifier, standin, has_static=True)
     checked_by = STATIC_LABEL if verifier is None else verifier.checked_by
     label = STANDIN_LABEL if verifier is not None and verifier.config.backend == "standin" else None
     if verifier is not None:   # what actually ran (backend, REPL command) rather than the defaults

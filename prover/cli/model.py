@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prover.checkpoints import check_out_dir, checkpoint_info, init_checkpoint
+from prover.checkpoints import check_out_dir, checkpoint_info, init_checkpoint, read_model_config
 from prover.cli.common import (
     SEED_MAX,
     JsonFlag,
@@ -208,6 +208,8 @@ def convert_command(
     if dtype not in ("bfloat16", "float32", "float16"):
         raise UserError(f"--dtype {dtype!r}: use bfloat16, float32 or float16")
     check_out_dir(out, force)
+    if (checkpoint / "config.json").is_file():   # both formats carry one: a list or bad JSON is one line
+        read_model_config(checkpoint)
     try:
         direction = convert(checkpoint, out, dtype=getattr(torch, dtype))
     except (FileNotFoundError, ValueError) as exc:

@@ -157,7 +157,8 @@ def prove(
     given = {k for k, v in (("n", samples), ("max_tokens", max_tokens), ("temperature", temperature)) if v is not None}
     sampling = apply_published_sampling(config.policy.sampling, config.rollout.prompt_template, given)
     config = config.model_copy(update={"policy": config.policy.model_copy(update={
-        "checkpoint": str(checkpoint), "sampling": sampling})})
+        "checkpoint": str(checkpoint), "sampling": sampling,   # engines refuse a context past the model's
+        "max_model_len": context_length(checkpoint, config.policy.max_model_len)})})
     job = config.run   # flags first, then the [run] section of --config (a resolved config re-runs its job)
     method = method or job.method or "whole"
     if method not in METHODS:
