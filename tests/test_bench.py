@@ -290,3 +290,30 @@ def test_rollout_benchmark_rows_share_one_workload(shared_data: Path, tmp_path: 
     assert all(row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"]) for row in rows.values()), rows
     assert report["over_raw_vllm"]["raw_vllm"] == 1.0 and set(report["over_raw_vllm"]) == set(rows), report
     assert "ours_whole" in done.stdout and "/ raw vLLM" in done.stdout, done.stdout[-2000:]
+
+
+# --- best-first search is one trial per problem (audit of issue 10) ---------------------------
+
+def test_a_search_counts_as_one_trial_per_problem_whatever_n() -> None:
+    """A proved search's record holds one attempt (the proof found); an unproved one holds none.
+    Counted as n samples (failed) or 1 (proved), pass@k mixed the two and crashed for k > 1."""
+    from prover.bench.runner import counts, summarize_bench
+
+    proved = {"id": "a", "proved": True, "outcome": "proved", "method": "search", "search": {"expansions": 3},
+              "attempts": [{"verdict": {"outcome": "accepted"}}]}
+    failed = {"id": "b", "proved": False, "outcome": "not_proved", "method": "search", "search": {"expansions": 9},
+              "attempts": []}
+    assert (counts(proved, 4), counts(failed, 4)) == ((1, 1), (1, 0)), (counts(proved, 4), counts(failed, 4))
+    table = summarize_bench([proved, failed], ks=[1], n=4)["pass_at_k"]
+    assert table == [{"k": 1, "mean": 0.5, "se": 0.5, "problems": 2}], table
+
+
+def test_bench_search_with_k_above_one_is_refused_before_any_work(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _bench("--suite", "minif2f-valid", "--limit", "2", "--n", "4", "--k", "1,4", "--method", "search",
+                    "--model", str(tiny), "--out", str(out), "--standin", str(REJECT))
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "--method search runs one search per problem" in message and "--k 1" in message, message
+    assert "\n" not in message and "Traceback" not in result.output, result.output
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())

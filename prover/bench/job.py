@@ -71,6 +71,7 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
     from prover.bench.report import write_report
     from prover.bench.runner import (
         build_manifest,
+        check_ks,
         load_method,
         run_bench,
         select_problems,
@@ -83,6 +84,7 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
 
     method, suite, problems = request.method, request.suite, request.problems
     load_method(method)   # a method not in this checkout: one line, before any work
+    check_ks(method, config.benchmark.k)
     recorded = config.run
     if suite is None and problems is None:   # a resolved config re-runs its own job
         if recorded.command != command:

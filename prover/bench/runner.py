@@ -53,6 +53,14 @@ def load_method(name: str) -> str:
     return name
 
 
+def check_ks(method: str, ks: Sequence[int]) -> None:
+    """Best-first search runs one search per problem (`--n` is the tactics it samples per
+    expansion), so pass@k for k > 1 cannot be estimated from it: refused before any work."""
+    if method == "search" and any(k > 1 for k in ks):
+        raise UserError(f"--method search runs one search per problem, which gives pass@1 only: pass --k 1 "
+                        f"(got k = {', '.join(map(str, ks))}; --n is the tactics sampled per expansion)")
+
+
 @dataclass(frozen=True)
 class Selection:
     """The problems a bench run scores and where they were read."""
@@ -97,7 +105,11 @@ def select_problems(*, suite: str | None, problems: str | None, split: str | Non
 
 def counts(record: dict[str, Any], n: int) -> tuple[int, int]:
     """(samples, correct) of one problem's record. A problem with no sample drawn (its prompt did
-    not fit) counts as n samples, none correct: the suite's denominator never shrinks."""
+    not fit) counts as n samples, none correct: the suite's denominator never shrinks. A
+    best-first search (`--method search`; its record has `search` statistics) is one trial per
+    problem, whatever it proposed on the way: (1, 1) proved, (1, 0) not; only pass@1 follows."""
+    if record.get("method") == "search" or "search" in record:
+        return 1, int(bool(record.get("proved")))
     attempts = record.get("attempts") or []
     if not attempts:
         return n, 0
