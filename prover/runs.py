@@ -84,7 +84,7 @@ class RunConfig(BaseModel):
         "and verified together before the next; their results are written as soon as they are "
         "verified. Larger batches keep a GPU busier, smaller ones lose less on a crash.")
     method: str | None = Field(
-        None, description="prove: the proving method (whole, repair, search); default whole.")
+        None, description="prove, bench: the proving method (whole, repair, search); default whole.")
     budget_samples: int | None = Field(None, ge=1, description="prove: samples per problem, every round included.")
     budget_tokens: int | None = Field(None, ge=1, description="prove: generated tokens per problem.")
     budget_seconds: float | None = Field(None, gt=0, description="prove: wall time per problem, seconds.")

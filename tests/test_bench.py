@@ -317,3 +317,25 @@ def test_bench_search_with_k_above_one_is_refused_before_any_work(tiny: Path, tm
     assert "--method search runs one search per problem" in message and "--k 1" in message, message
     assert "\n" not in message and "Traceback" not in result.output, result.output
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_the_method_is_recorded_kept_by_a_rerun_and_a_changed_one_refused_on_resume(
+        tiny: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--method` is part of the job: before, bench never recorded it, so `--resume --method
+    repair` appended to a whole-proof run (and relabelled it), and a re-run from
+    config.resolved.toml scored `whole` whatever the first run used."""
+    monkeypatch.setattr("policy.engines.make_engine", lambda config: ScriptedEngine())
+    out = tmp_path / "run"
+    args = ["--suite", "minif2f-valid", "--limit", "2", "--n", "2", "--k", "1", "--model", str(tiny),
+            "--seed", "5", "--out", str(out), "--standin", str(ACCEPT)]
+    first = _bench(*args, "--method", "repair", "--json")
+    assert first.exit_code == 0, first.output
+    assert 'method = "repair"' in (out / "config.resolved.toml").read_text()
+    changed = _bench(*args, "--method", "whole", "--resume")
+    assert changed.exit_code == 2, changed.output
+    assert "run.method: 'repair' -> 'whole'" in changed.stderr, changed.stderr
+    again = runner.invoke(app, ["--config", str(out / "config.resolved.toml"), "bench", "--out", str(tmp_path / "again"),
+                                "--standin", str(ACCEPT), "--json"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert summary["method"] == "repair" and summary["manifest"]["method"] == "repair", summary["method"]

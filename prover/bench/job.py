@@ -35,7 +35,7 @@ class BenchRequest:
     problems: str | None
     split: str | None
     limit: int | None
-    method: str = "whole"
+    method: str | None = None              # None: the [run] method of the config, else whole
     names: tuple[str, ...] | None = None   # only these problems (names or ids), recorded as run.names
     force: bool = False
     resume: bool = False
@@ -82,10 +82,11 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
     from prover.runs import RunDir, RunInterrupted, command_line, draw_seed
     from prover.search.attempts import context_length, prompt_fit
 
-    method, suite, problems = request.method, request.suite, request.problems
+    recorded = config.run
+    method = request.method or recorded.method or "whole"   # recorded in [run]: a re-run and --resume keep it
+    suite, problems = request.suite, request.problems
     load_method(method)   # a method not in this checkout: one line, before any work
     check_ks(method, config.benchmark.k)
-    recorded = config.run
     if suite is None and problems is None:   # a resolved config re-runs its own job
         if recorded.command != command:
             raise UserError("name the problems: --suite NAME (see `prover data suites`) or --problems PATH")
@@ -114,7 +115,8 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
     config = config.model_copy(update={"verifier": verifier.config, "run": recorded.model_copy(update={
         "command": command, "argv": command_line(),
         "problems": problems or suite, "problems_file": selection.file, "problems_sha256": selection.sha256,
-        "split": selection.split, "limit": limit, "names": list(names) if names is not None else None})})
+        "split": selection.split, "limit": limit, "names": list(names) if names is not None else None,
+        "method": method})})
     manifest = build_manifest(config, checkpoint=checkpoint, selection=selection, method=method,
                               checked_by=verifier.checked_by, standin=label is not None,
                               final_judge_active=getattr(verifier, "final_judge", None) is not None)

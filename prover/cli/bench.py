@@ -61,9 +61,9 @@ LimitOption = Annotated[int | None, typer.Option(
     "--limit", min=1, help="Only the first N problems (a smoke run; the report says so).")]
 ModelOption = Annotated[str | None, typer.Option(
     "--model", help="The policy: a Hugging Face checkpoint folder or hub id (default policy.checkpoint).")]
-MethodOption = Annotated[str, typer.Option(
+MethodOption = Annotated[str | None, typer.Option(
     "--method", help="whole (whole-proof sampling), repair (Lean-feedback repair) or search (best-first "
-    "tactic search).")]
+    "tactic search); default: the [run] method of --config, else whole.")]
 EngineOption = Annotated[str | None, typer.Option("--engine", help="vllm (default) or transformers.")]
 SamplesOption = Annotated[int | None, typer.Option(
     "--n", "-n", min=1, help="Samples per problem (default policy.sampling.n); every k must be at most n.")]
@@ -85,7 +85,7 @@ class BenchJob:
     split: str | None
     limit: int | None
     model: str | None
-    method: str
+    method: str | None
     engine: str | None
     n: int | None
     k: str | None
@@ -111,7 +111,7 @@ def bench(
     split: SplitOption = None,
     limit: LimitOption = None,
     model: ModelOption = None,
-    method: MethodOption = "whole",
+    method: MethodOption = None,
     engine: EngineOption = None,
     n: SamplesOption = None,
     k: Annotated[str | None, typer.Option("--k", help="Values of k to report, e.g. 1,8,32 (default benchmark.k).")] = None,

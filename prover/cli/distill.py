@@ -55,7 +55,7 @@ def distill(
     split: SplitOption = None,
     limit: LimitOption = None,
     model: ModelOption = None,
-    method: MethodOption = "whole",
+    method: MethodOption = None,
     engine: EngineOption = None,
     n: SamplesOption = None,
     max_tokens: MaxTokensOption = None,
