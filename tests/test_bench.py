@@ -339,3 +339,28 @@ def test_the_method_is_recorded_kept_by_a_rerun_and_a_changed_one_refused_on_res
     assert again.exit_code == 0, again.output
     summary = json.loads(again.stdout)
     assert summary["method"] == "repair" and summary["manifest"]["method"] == "repair", summary["method"]
+
+
+def test_a_template_brings_its_published_sampling_where_none_is_set(
+        tiny: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in `prover prove`: Kimina-Prover's published temperature 0.8 and 16000 tokens apply
+    unless the user sets them (README: "the template supplies those that are published")."""
+    seen: list[SamplingConfig] = []
+
+    class Recording(ScriptedEngine):
+        def generate(self, prompts: Sequence[str], sampling: SamplingConfig) -> list[PromptResult]:
+            seen.append(sampling)
+            return super().generate(prompts, sampling)
+
+    monkeypatch.setattr("policy.engines.make_engine", lambda config: Recording())
+    args = ["--suite", "minif2f-valid", "--limit", "1", "--n", "2", "--k", "1", "--model", str(tiny), "--seed", "5",
+            "--template", "kimina-prover", "--standin", str(ACCEPT), "--json"]
+    published = _bench(*args, "--out", str(tmp_path / "published"))
+    assert published.exit_code == 0, published.output
+    sampling = json.loads(published.stdout)["manifest"]["sampling"]
+    assert (sampling["temperature"], sampling["max_tokens"], sampling["n"]) == (0.8, 16000, 2), sampling
+    assert seen and (seen[0].temperature, seen[0].max_tokens) == (0.8, 16000), seen
+    chosen = _bench(*args, "--temperature", "0.5", "--max-tokens", "64", "--out", str(tmp_path / "chosen"))
+    assert chosen.exit_code == 0, chosen.output
+    sampling = json.loads(chosen.stdout)["manifest"]["sampling"]
+    assert (sampling["temperature"], sampling["max_tokens"]) == (0.5, 64), sampling

@@ -161,6 +161,7 @@ def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
     then `prover.bench.job.run_bench_job`, each problem's line printed as it is written."""
     from prover.bench.job import BenchRequest
     from prover.bench.job import run_bench_job as run_job
+    from prover.search.methods import apply_published_sampling
 
     config = config_from_context(ctx, {
         "output_dir": job.out, "policy.checkpoint": job.model, "policy.engine": job.engine,
@@ -171,6 +172,11 @@ def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
         "benchmark.k": _parse_ks(job.k) if job.k is not None else None, "benchmark.suite": job.suite or job.problems,
         "benchmark.split": job.split, "benchmark.limit": job.limit,
     })
+    # The template's published sampling applies wherever the user set none (as `prover prove` does).
+    given = {k for k, v in (("n", job.n), ("max_tokens", job.max_tokens), ("temperature", job.temperature))
+             if v is not None}
+    sampling = apply_published_sampling(config.policy.sampling, config.rollout.prompt_template, given)
+    config = config.model_copy(update={"policy": config.policy.model_copy(update={"sampling": sampling})})
     request = BenchRequest(suite=job.suite, problems=job.problems, split=job.split, limit=job.limit,
                            method=job.method, force=job.force, resume=job.resume, standin=job.standin)
 
