@@ -364,3 +364,33 @@ def test_a_template_brings_its_published_sampling_where_none_is_set(
     assert chosen.exit_code == 0, chosen.output
     sampling = json.loads(chosen.stdout)["manifest"]["sampling"]
     assert (sampling["temperature"], sampling["max_tokens"]) == (0.5, 64), sampling
+
+
+def test_bench_budgets_reach_the_method_are_recorded_and_undrawn_samples_count_as_failed(
+        tiny: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10 items 4 and 6: bench takes the budgets every method has. --budget-samples 2 with
+    --n 4 draws 2 samples per problem; pass@k is then over n = 4 with the 2 undrawn failed."""
+    monkeypatch.setattr("policy.engines.make_engine", lambda config: ScriptedEngine())
+    out = tmp_path / "run"
+    result = _bench("--suite", "minif2f-valid", "--limit", "3", "--n", "4", "--k", "1,4", "--model", str(tiny),
+                    "--seed", "5", "--budget-samples", "2", "--out", str(out), "--standin", str(ACCEPT), "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [len(r["attempts"]) for r in rows] == [2, 2, 2], [len(r["attempts"]) for r in rows]
+    assert all(r["samples"] == 4 and r["spent"]["samples"] == 2 for r in rows), rows
+    summary = json.loads(result.stdout)
+    expected = pass_at_k_table([(4, r["correct"]) for r in rows], [1, 4])
+    assert summary["pass_at_k"] == [row.to_json() for row in expected], (summary["pass_at_k"], expected)
+    options = summary["manifest"]["method_options"]
+    assert options["budget"] == {"samples": 2, "tokens": None, "wall_s": None}, options
+    assert "budget_samples = 2" in (out / "config.resolved.toml").read_text()
+
+    repair = _bench("--suite", "minif2f-valid", "--limit", "1", "--n", "1", "--k", "1", "--model", str(tiny),
+                    "--seed", "5", "--method", "repair", "--rounds", "1", "--out", str(tmp_path / "repair"),
+                    "--standin", str(REJECT), "--json")
+    assert repair.exit_code == 0, repair.output
+    row = json.loads((tmp_path / "repair" / "results.jsonl").read_text().splitlines()[0])
+    assert [a.get("round", 0) for a in row["attempts"]] == [0, 1], row["attempts"]   # one correction round, not two
+    assert json.loads(repair.stdout)["manifest"]["method_options"]["rounds"] == 1
+    report = (tmp_path / "repair" / "report.md").read_text()
+    assert "- method options: budget = " in report and "rounds = 1" in report, report[:1500]

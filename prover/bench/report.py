@@ -87,6 +87,8 @@ def render_report(summary: dict[str, Any], records: Sequence[dict[str, Any]]) ->
               f"({len(weights.get('files', {}))} safetensors files)",
               f"- template: `{template.get('name')}`, text sha256 `{template.get('sha256')}`",
               "- sampling: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in sampling.items()),
+              "- method options: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in
+                                               manifest.get("method_options", {}).items() if v is not None),
               f"- engine: {engine.get('name')} (dtype {engine.get('dtype')}, max_model_len {engine.get('max_model_len')}); "
               f"vllm {versions.get('vllm')}, torch {versions.get('torch')}, transformers {versions.get('transformers')}",
               f"- Lean: {lean.get('toolchain')}, Mathlib {lean.get('mathlib')}, REPL {lean.get('repl')}; "

@@ -36,7 +36,9 @@ from prover.problems import (
 )
 from prover.prompts import ChatTokenizer
 from prover.runs import package_version
-from prover.search.attempts import summarize_records
+from prover.search.attempts import Budget, summarize_records
+from prover.search.methods import MethodOptions, prove_problems
+from prover.search.whole import BudgetForcing
 
 if TYPE_CHECKING:
     from prover.config import ProverConfig
@@ -113,13 +115,26 @@ def counts(record: dict[str, Any], n: int) -> tuple[int, int]:
     attempts = record.get("attempts") or []
     if not attempts:
         return n, 0
-    return len(attempts), sum(a["verdict"]["outcome"] == "accepted" for a in attempts)
+    # A budget (--budget-samples/-tokens/-seconds) may stop a problem before n samples: the
+    # samples not drawn count as failed, so every k <= n stays defined and the budget is scored.
+    return max(len(attempts), n), sum(a["verdict"]["outcome"] == "accepted" for a in attempts)
 
 
 def summarize_bench(records: Sequence[dict[str, Any]], *, ks: Sequence[int], n: int) -> dict[str, Any]:
     """What summary.json says of the records so far: prove's counts plus the pass@k table."""
     table = pass_at_k_table([counts(r, n) for r in records], ks)
     return summarize_records(records) | {"pass_at_k": [row.to_json() for row in table]}
+
+
+def method_options(config: ProverConfig) -> MethodOptions:
+    """The method's budgets and options from the job's [run] section (bench flags, or a resolved
+    config re-running its job): every method gets the same `Budget`."""
+    job = config.run
+    return MethodOptions(
+        budget=Budget(samples=job.budget_samples, tokens=job.budget_tokens, wall_s=job.budget_seconds),
+        rounds=job.rounds if job.rounds is not None else 2,
+        forcing=BudgetForcing(job.think_tokens, job.waits or 0) if job.think_tokens else None,
+        expansions=job.expansions, problems_per_batch=job.problems_per_batch)
 
 
 def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: ProverConfig, *,
@@ -130,10 +145,8 @@ def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: P
     every attempt (candidate, verdict with Lean's messages and check time, tokens), the problem's
     samples and correct count, and when it finished (seconds since this call began). `tokenizer`
     renders chat templates through the model's own chat template, as `prover prove` does."""
-    from prover.search.methods import MethodOptions, prove_problems
-
     started = time.perf_counter()
-    options = MethodOptions(problems_per_batch=config.run.problems_per_batch)
+    options = method_options(config)
     for result in prove_problems(load_method(method), problems, engine, verifier,  # type: ignore[arg-type]
                                  config.policy.sampling, template=config.rollout.prompt_template,
                                  options=options, tokenizer=tokenizer, prompt_check=prompt_check,
@@ -190,12 +203,17 @@ def build_manifest(config: ProverConfig, *, checkpoint: Path, selection: Selecti
     for problem in selection.problems:
         headers[problem.header] = headers.get(problem.header, 0) + 1
     text = template_text(config.rollout.prompt_template)
+    options = method_options(config)
     verifier = config.verifier
     policy = config.policy
     return {
         "model": {"path": os.path.abspath(checkpoint), "weights": weights_digest(checkpoint),
                   "tokenizer": policy.tokenizer or str(checkpoint)},
         "method": method,
+        "method_options": {"budget": options.budget.to_json(), "rounds": options.rounds if method == "repair" else None,
+                           "think_tokens": options.forcing.think_tokens if options.forcing else None,
+                           "waits": options.forcing.waits if options.forcing else None,
+                           "expansions": options.expansions if method == "search" else None},
         "template": {"name": config.rollout.prompt_template, "text": text, "sha256": _sha256_text(text)},
         "sampling": policy.sampling.model_dump(mode="json"),
         "engine": {"name": policy.engine, "dtype": policy.dtype, "max_model_len": policy.max_model_len,

@@ -71,6 +71,21 @@ MaxTokensOption = Annotated[int | None, typer.Option("--max-tokens", min=1, help
 TemperatureOption = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")]
 SeedOption = Annotated[int | None, typer.Option(
     "--seed", min=0, max=SEED_MAX, help="Sampling seed (default: drawn and recorded).")]
+BudgetSamplesOption = Annotated[int | None, typer.Option(
+    "--budget-samples", min=1, help="At most this many samples per problem, every repair round included; "
+    "samples not drawn count as failed in pass@k.")]
+BudgetTokensOption = Annotated[int | None, typer.Option(
+    "--budget-tokens", min=1, help="At most this many generated tokens per problem (checked between engine calls).")]
+BudgetSecondsOption = Annotated[float | None, typer.Option(
+    "--budget-seconds", min=0.001, help="Wall-time limit per problem, seconds (checked between engine calls).")]
+RoundsOption = Annotated[int | None, typer.Option(
+    "--rounds", min=0, help="repair: correction rounds after the first samples (default 2).")]
+ThinkTokensOption = Annotated[int | None, typer.Option(
+    "--think-tokens", min=1, help="CoT templates: s1 budget forcing, thinking capped at N tokens, then the answer forced.")]
+WaitsOption = Annotated[int | None, typer.Option(
+    "--waits", min=0, help="With --think-tokens: \"Wait\" appended to thinking that ends early, up to N times.")]
+ExpansionsOption = Annotated[int | None, typer.Option(
+    "--expansions", min=1, help="search: frontier expansions per problem.")]
 ProblemsPerBatchOption = Annotated[int | None, typer.Option(
     "--problems-per-batch", min=1, help="Problems sampled in one engine call; each is written when its batch "
     "is verified, so an interruption loses at most one batch (default run.problems_per_batch, 8).")]
@@ -101,6 +116,13 @@ class BenchJob:
     resume: bool
     standin: Path | None
     as_json: bool
+    budget_samples: int | None = None   # method budgets and options (recorded in [run]; None = not given)
+    budget_tokens: int | None = None
+    budget_seconds: float | None = None
+    rounds: int | None = None
+    think_tokens: int | None = None
+    waits: int | None = None
+    expansions: int | None = None
 
 
 @app.callback()
@@ -122,6 +144,13 @@ def bench(
     timeout: TimeoutOption = None,
     workers: WorkersOption = None,
     problems_per_batch: ProblemsPerBatchOption = None,
+    budget_samples: BudgetSamplesOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_seconds: BudgetSecondsOption = None,
+    rounds: RoundsOption = None,
+    think_tokens: ThinkTokensOption = None,
+    waits: WaitsOption = None,
+    expansions: ExpansionsOption = None,
     out: Annotated[Path | None, typer.Option(
         "--out", file_okay=False, help="Run folder: results.jsonl, summary.json, report.md, passk.png, "
         "config.resolved.toml (default: output_dir of the config).")] = None,
@@ -142,7 +171,9 @@ def bench(
         suite=suite, problems=problems, split=split, limit=limit, model=model, method=method, engine=engine,
         n=n, k=k, max_tokens=max_tokens, temperature=temperature, seed=seed, template=template, timeout=timeout,
         workers=workers, problems_per_batch=problems_per_batch, out=out, force=force, resume=resume,
-        standin=standin, as_json=as_json), command="bench")
+        standin=standin, as_json=as_json, budget_samples=budget_samples, budget_tokens=budget_tokens,
+        budget_seconds=budget_seconds, rounds=rounds, think_tokens=think_tokens, waits=waits,
+        expansions=expansions), command="bench")
     if done.interrupted is not None:
         _say(done.interrupted)
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -171,6 +202,9 @@ def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
         "run.problems_per_batch": job.problems_per_batch, "rollout.prompt_template": job.template,
         "benchmark.k": _parse_ks(job.k) if job.k is not None else None, "benchmark.suite": job.suite or job.problems,
         "benchmark.split": job.split, "benchmark.limit": job.limit,
+        "run.budget_samples": job.budget_samples, "run.budget_tokens": job.budget_tokens,
+        "run.budget_seconds": job.budget_seconds, "run.rounds": job.rounds, "run.think_tokens": job.think_tokens,
+        "run.waits": job.waits, "run.expansions": job.expansions,
     })
     # The template's published sampling applies wherever the user set none (as `prover prove` does).
     given = {k for k, v in (("n", job.n), ("max_tokens", job.max_tokens), ("temperature", job.temperature))
