@@ -393,3 +393,20 @@ def test_resolved_config_keeps_the_method_and_its_budgets(tiny_checkpoint: Path,
     rows = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
     rounds = sorted({a.get("round", 0) for r in rows for a in r["attempts"]})
     assert rounds == [0, 1] and sum(len(r["attempts"]) for r in rows) == 2, rows
+
+
+def test_cli_prove_search_reports_what_the_search_spent(tiny_checkpoint: Path, tmp_path: Path,
+                                                        reject_rules: Path) -> None:
+    """Item 5: a problem not proved shows the budget spent. A search has no attempts and no
+    budget meter, so before it printed `not proved: foo (0 samples: )` and `"spent": null`."""
+    args = ["prove", "theorem foo : 1 + 1 = 2 := by sorry", "--method", "search", "--expansions", "2",
+            "--samples", "2", "--max-tokens", "8", "--engine", "transformers", "--model", str(tiny_checkpoint),
+            "--standin", str(reject_rules)]
+    shown = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert shown.exit_code == 1, shown.output
+    line = next(x for x in shown.stdout.splitlines() if "not proved: foo" in x)
+    assert "best-first:" in line and "expansions" in line and "tactic calls" in line and "; spent " in line, line
+    as_json = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"])
+    assert as_json.exit_code == 1, as_json.output
+    spent = json.loads(as_json.stdout)["results"][0]["spent"]
+    assert spent is not None and 1 <= spent["expansions"] <= 2 and spent["samples"] == 2 * spent["expansions"], spent

@@ -262,12 +262,19 @@ def _problem_source(run_path: Path | None, targets: list[str], problems: str | N
     return problems or "minif2f-test", names
 
 
+def _spent(result: Any) -> dict[str, Any] | None:
+    """What the method spent on a problem: the budget meter's counts (whole, repair), or a
+    best-first search's statistics (expansions, tactic calls, samples, tokens, wall time)."""
+    stats = getattr(result, "stats", None)
+    return result.spent or (stats.to_json() if stats is not None else None)
+
+
 def _brief(result: Any) -> dict[str, Any]:
     """A problem's result for --json: the proof, or the best attempt with Lean's messages, and the spend."""
     from prover.search.methods import best_attempt
 
     best = best_attempt(result.attempts)
-    return {"id": result.problem.id, "outcome": result.outcome, "proof": result.proof, "spent": result.spent,
+    return {"id": result.problem.id, "outcome": result.outcome, "proof": result.proof, "spent": _spent(result),
             "best_attempt": None if best is None or result.proved else {
                 "candidate": best.candidate, "outcome": best.verdict.outcome,
                 "messages": [str(m) for m in getattr(best.verdict, "messages", ())],
@@ -285,9 +292,11 @@ def _print_result(prefix: str, result: Any) -> None:
         tally = Counter(a.verdict.outcome for a in result.attempts)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(tally.items()))
         word = "PROVED" if result.proved else "not proved"
-        spent = result.spent or {}
+        spent = _spent(result) or {}
         spend = f"; spent {spent.get('samples')} samples, {spent.get('tokens')} tokens, {spent.get('wall_s')} s" if spent else ""
         line = f"{prefix}{word}: {result.problem.id} ({len(result.attempts)} samples: {counts}{spend})"
+        if getattr(result, "stats", None) is not None:   # a search: what it did, and why it stopped
+            line = f"{prefix}{word}: {result.problem.id} ({result.detail}{spend})"
     console.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.proof:
         console.print(result.proof, markup=False, highlight=False, soft_wrap=True)
