@@ -394,3 +394,33 @@ def test_bench_budgets_reach_the_method_are_recorded_and_undrawn_samples_count_a
     assert json.loads(repair.stdout)["manifest"]["method_options"]["rounds"] == 1
     report = (tmp_path / "repair" / "report.md").read_text()
     assert "- method options: budget = " in report and "rounds = 1" in report, report[:1500]
+
+
+def test_the_manifest_pins_the_tokenizer_files_the_chat_template_renders_through(
+        tiny: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chat templates go through the model's own chat template (tokenizer_config.json or
+    chat_template.jinja): two checkpoints with the same weights and another chat template sent
+    other prompts, yet their manifests were equal (only the weights were hashed)."""
+    import shutil
+
+    monkeypatch.setattr("policy.engines.make_engine", lambda config: ScriptedEngine())
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    (other / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    digests = []
+    for model in (tiny, other):
+        result = _bench("--suite", "minif2f-valid", "--limit", "1", "--n", "1", "--k", "1", "--model", str(model),
+                        "--seed", "5", "--out", str(tmp_path / model.name / "run"), "--standin", str(ACCEPT), "--json")
+        assert result.exit_code == 0, result.output
+        model_entry = json.loads(result.stdout)["manifest"]["model"]
+        digests.append(model_entry["tokenizer_files"])
+        report = (tmp_path / model.name / "run" / "report.md").read_text()
+        assert model_entry["tokenizer_files"]["sha256"] in report, report[:1200]
+    assert set(digests[0]["files"]) == {"tokenizer.json", "tokenizer_config.json"}, digests[0]
+    assert set(digests[1]["files"]) == {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}, digests[1]
+    assert len(digests[0]["sha256"]) == 64 and digests[0]["sha256"] != digests[1]["sha256"], digests
+    changed = tmp_path / "other" / "chat_template.jinja"
+    changed.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}")
+    resumed = _bench("--suite", "minif2f-valid", "--limit", "1", "--n", "1", "--k", "1", "--model", str(other),
+                     "--seed", "5", "--out", str(tmp_path / "other" / "run"), "--standin", str(ACCEPT), "--resume")
+    assert resumed.exit_code == 2 and "--resume with different tokenizer files" in resumed.stderr, resumed.output

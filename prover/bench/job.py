@@ -162,14 +162,17 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
 
 
 def _refuse_other_weights(run: Any, manifest: dict[str, Any]) -> None:
-    """--resume must score the same weights: the checkpoint path alone could hold new ones."""
+    """--resume must score the same weights and tokenizer (its chat template renders the
+    prompts): the checkpoint path alone could hold new ones."""
     if not run.resume or run.path is None or not (run.path / "summary.json").is_file():
         return
     try:
-        before = json.loads((run.path / "summary.json").read_text(encoding="utf-8"))["manifest"]["model"]["weights"]["sha256"]
+        model = json.loads((run.path / "summary.json").read_text(encoding="utf-8"))["manifest"]["model"]
     except (OSError, ValueError, KeyError, TypeError):
         return
-    now = manifest["model"]["weights"]["sha256"]
-    if before != now:
-        raise UserError(f"{run.path}: --resume with different weights: sha256 {str(before)[:12]}... -> "
-                        f"{str(now)[:12]}...; pass --force to start over")
+    for what, key in (("weights", "weights"), ("tokenizer files", "tokenizer_files")):
+        before = (model.get(key) or {}).get("sha256") if isinstance(model, dict) else None
+        now = manifest["model"][key]["sha256"]
+        if key in model and before != now:   # a run recorded before the key existed is not refused
+            raise UserError(f"{run.path}: --resume with different {what}: sha256 {str(before)[:12]}... -> "
+                            f"{str(now)[:12]}...; pass --force to start over")

@@ -84,7 +84,8 @@ def render_report(summary: dict[str, Any], records: Sequence[dict[str, Any]]) ->
     sampling = manifest.get("sampling", {})
     lines += ["## Reproducibility manifest", "",
               f"- model: `{model.get('path')}`, weights sha256 `{weights.get('sha256')}` "
-              f"({len(weights.get('files', {}))} safetensors files)",
+              f"({len(weights.get('files', {}))} safetensors files); tokenizer `{model.get('tokenizer')}`, files sha256 "
+              f"`{model.get('tokenizer_files', {}).get('sha256')}` (vocabulary, special tokens, chat template)",
               f"- template: `{template.get('name')}`, text sha256 `{template.get('sha256')}`",
               "- sampling: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in sampling.items()),
               "- method options: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in

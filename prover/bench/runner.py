@@ -159,12 +159,29 @@ def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: P
 
 # -- the reproducibility manifest ----------------------------------------------------------------
 
+def _files_digest(files: Sequence[Path]) -> dict[str, Any]:
+    """sha256 of each file, and one digest over them all (over the sorted `name:sha256` lines)."""
+    digests = {p.name: sha256_of(p) for p in sorted(files)}
+    combined = hashlib.sha256("".join(f"{name}:{digest}\n" for name, digest in digests.items()).encode())
+    return {"sha256": combined.hexdigest() if digests else None, "files": digests}
+
+
 def weights_digest(checkpoint: Path) -> dict[str, Any]:
-    """sha256 of each safetensors file of a checkpoint, and one digest over them all (over the
-    sorted `name:sha256` lines), so two runs can tell whether they scored the same weights."""
-    files = {p.name: sha256_of(p) for p in sorted(checkpoint.glob("*.safetensors"))}
-    combined = hashlib.sha256("".join(f"{name}:{digest}\n" for name, digest in files.items()).encode())
-    return {"sha256": combined.hexdigest() if files else None, "files": files}
+    """sha256 of each safetensors file of a checkpoint, and one digest over them all, so two runs
+    can tell whether they scored the same weights."""
+    return _files_digest(list(checkpoint.glob("*.safetensors")))
+
+
+# What decides how text becomes tokens and how a chat template renders the prompt (Hugging Face names).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def tokenizer_digest(folder: Path) -> dict[str, Any]:
+    """sha256 of a tokenizer folder's files (vocabulary, merges, special tokens, chat template):
+    the chat templates render the prompt through them, so the template's text alone does not
+    pin what the model saw. `sha256` is None for a tokenizer that is not a local folder."""
+    return _files_digest([folder / name for name in TOKENIZER_FILES if (folder / name).is_file()])
 
 
 def template_text(template: str) -> str:
@@ -208,7 +225,8 @@ def build_manifest(config: ProverConfig, *, checkpoint: Path, selection: Selecti
     policy = config.policy
     return {
         "model": {"path": os.path.abspath(checkpoint), "weights": weights_digest(checkpoint),
-                  "tokenizer": policy.tokenizer or str(checkpoint)},
+                  "tokenizer": policy.tokenizer or str(checkpoint),
+                  "tokenizer_files": tokenizer_digest(Path(policy.tokenizer or checkpoint))},
         "method": method,
         "method_options": {"budget": options.budget.to_json(), "rounds": options.rounds if method == "repair" else None,
                            "think_tokens": options.forcing.think_tokens if options.forcing else None,
