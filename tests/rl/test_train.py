@@ -91,41 +91,17 @@ def _metrics(run: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.slow
-def test_grpo_example_runs_through_ray_vllm_and_the_standin(warm_start: Path, tmp_path: Path) -> None:
-    """The CPU example (examples/train-cpu-standin.toml) for 8 of its steps, as it is but for the
-    warm start's path: every step once, the metrics the issue names in every row, rewards from the
-    stand-in (labelled), the cold start's reward above 0, a checkpoint vLLM can load, the report.
-    Whether it *learns* over seeds is measured by benchmarks/grpo_cpu.py (30 steps x 3 seeds: too
-    long for CI; +0.31, +0.32, +0.24 in benchmarks/results/grpo-cpu.json), not asserted here."""
-    config = _config(tmp_path / "train.toml", "train-cpu-standin.toml", {
-        "policy": {"checkpoint": str(warm_start)}, "training": {"steps": 8, "save_every": 4}})
-    run = tmp_path / "run"
-    summary = json.loads(_prover("train", "--config", str(config), "--out", str(run), "--json", timeout=900).stdout)
-    rows = _metrics(run)
-    assert [r["step"] for r in rows] == list(range(1, 9)), [r["step"] for r in rows]
-    rewards = [step_reward(r) for r in rows]   # the step's own samples, before dynamic sampling drops groups
-    assert all(0.0 <= r <= 1.0 for r in rewards), rewards
-    assert rewards[0] > 0, f"the cold start should prove something at step 1: {rewards}"
-    fifth = len(rewards) // 5
-    assert (summary["reward_first_fifth"], summary["reward_last_fifth"]) == pytest.approx(
-        (sum(rewards[:fifth]) / fifth, sum(rewards[-fifth:]) / fifth)), (summary, rewards)
-    assert summary["judged_by"] == "stand-in REPL (a test double, not Lean)", summary
-    for key in ("time_generate_s", "time_verify_s", "time_learn_s", "time_weight_sync_s", "entropy", "clip_fraction",
-                "is_weight_mean", "expert_maxvio_mean", "response_length_mean", "tokens_per_s",
-                "dynamic_informative_groups", "sampled_reward_mean"):
-        assert any(key in r for r in rows), f"{key} missing from every metrics row"
-    checkpoint = Path(summary["checkpoint"])
-    assert checkpoint.name == "step-00000008" and (checkpoint / "config.json").is_file(), summary
-    report = json.loads(_prover("train", "report", str(run), "--json").stdout)
-    assert Path(report["png"]).stat().st_size > 10_000, report
-
-
-@pytest.mark.slow
-def test_sigkill_mid_training_then_the_same_command_continues(warm_start: Path, tmp_path: Path) -> None:
+def test_grpo_example_killed_resumed_and_learning(warm_start: Path, tmp_path: Path) -> None:
+    """The CPU example (examples/train-cpu-standin.toml) as it is, but for the warm start's path
+    and a checkpoint every 2 steps, through the real path (Ray actors, vLLM, weight sync,
+    stand-in REPL processes): SIGKILLed after its third step, then the same command continues
+    from the last checkpoint and finishes; nothing of the killed run is left; and over its 30
+    steps the mean reward of the last fifth is at least 0.2 above the first fifth's (the issue's
+    margin; on seed 0 this run measured +0.31 uninterrupted; seeds 1 and 2 in
+    benchmarks/results/grpo-cpu.json). The rewards come from the stand-in (labelled)."""
     run = tmp_path / "run"
     config = _config(tmp_path / "train.toml", "train-cpu-standin.toml", {
-        "policy": {"checkpoint": str(warm_start)}, "training": {"steps": 6, "save_every": 2},
-        "rollout": {"prompts_per_step": 4}, "policy.sampling": {"n": 4}})
+        "policy": {"checkpoint": str(warm_start)}, "training": {"save_every": 2}})
     args = ["train", "--config", str(config), "--out", str(run)]
     log = tmp_path / "killed.log"   # a file, not a pipe: orphans of the killed run must not hold our reads open
     with log.open("w") as stderr:
@@ -145,12 +121,27 @@ def test_sigkill_mid_training_then_the_same_command_continues(warm_start: Path, 
     assert checkpoints and checkpoints[-1] in ("step-00000002", "step-00000004"), checkpoints
     kept = int(checkpoints[-1].split("-")[1])
 
-    _prover(*args, timeout=600)
+    summary = json.loads(_prover(*args, "--json", timeout=900).stdout)
     rows = _metrics(run)
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6], [r["step"] for r in rows]
+    assert [r["step"] for r in rows] == list(range(1, 31)), [r["step"] for r in rows]
     assert rows[:kept] == before[:kept], "rows up to the checkpoint are kept as they were"
-    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == kept
+    assert summary["resumed_from_step"] == kept, summary
     left = [p for p in started if p.is_running()]   # is_running also checks the start time: no reused pid
     assert not left, f"processes of the killed run still alive: {[(p.pid, p.name()) for p in left]}"
     assert not (run / ".fleet-processes.json").exists(), "a finished run leaves no process record"
 
+    rewards = [step_reward(r) for r in rows]   # the step's own samples, before dynamic sampling drops groups
+    assert all(0.0 <= r <= 1.0 for r in rewards), rewards
+    assert rewards[0] > 0, f"the cold start should prove something at step 1: {rewards}"
+    first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    assert (summary["reward_first_fifth"], summary["reward_last_fifth"]) == pytest.approx((first, last)), summary
+    assert last - first >= 0.2, f"mean reward {first:.3f} (first fifth) -> {last:.3f} (last fifth): {rewards}"
+    assert summary["judged_by"] == "stand-in REPL (a test double, not Lean)", summary
+    for key in ("time_generate_s", "time_verify_s", "time_learn_s", "time_weight_sync_s", "entropy", "clip_fraction",
+                "is_weight_mean", "expert_maxvio_mean", "response_length_mean", "tokens_per_s",
+                "dynamic_informative_groups", "sampled_reward_mean"):
+        assert any(key in r for r in rows), f"{key} missing from every metrics row"
+    checkpoint = Path(summary["checkpoint"])
+    assert checkpoint.name == "step-00000030" and (checkpoint / "config.json").is_file(), summary
+    report = json.loads(_prover("train", "report", str(run), "--json").stdout)
+    assert Path(report["png"]).stat().st_size > 10_000, report
