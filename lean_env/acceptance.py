@@ -52,6 +52,7 @@ reports as a statement mismatch.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import time
 from collections.abc import Sequence
@@ -146,11 +147,18 @@ def _parts(name: str) -> tuple[str, ...]:
 
 def _problem_statement(name: str, formal_statement: str) -> list[Token]:
     """The problem's statement tokens (binders, `:`, type), between its name and `:=`."""
+    return list(_statement_tokens(name, formal_statement))
+
+
+@functools.lru_cache(maxsize=256)
+def _statement_tokens(name: str, formal_statement: str) -> tuple[Token, ...]:
+    """`_problem_statement`, found once per problem: `precheck` and `lean_command` both ask
+    (tokens are immutable; each caller gets a list of its own)."""
     toks = tokenize(formal_statement)
     found = _find_decls(toks, name)
     if not found:
         raise ValueError(f"the formal statement does not declare theorem {name!r}")
-    return toks[found[0] + 2:statement_end(toks, found[0] + 1)]
+    return tuple(toks[found[0] + 2:statement_end(toks, found[0] + 1)])
 
 
 def _key(tok: Token) -> tuple[str, object]:
