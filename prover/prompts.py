@@ -59,10 +59,6 @@ class PromptTemplate:
     not_applied: Mapping[str, Any] = field(default_factory=dict)
     think_end: str | None = None
 
-    @property
-    def cot(self) -> bool:
-        return self.style == "chat"
-
     def code(self, problem: Problem) -> str:
         text = problem.lean_prompt()
         return (text.rstrip() + self.sorry_suffix).strip() if self.sorry_suffix else text

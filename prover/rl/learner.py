@@ -102,7 +102,6 @@ class Learner:
         # AdamW without weight decay: TRL's GRPO default; DeepSeekMath's lr 1e-6 is the caller's.
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
         self._bias_hook = register_bias_update_hook(self.optimizer, model) if self.is_moe else None
-        self._last_load: Tensor | None = None
         self.steps_done = 0
         self.device = next(model.parameters()).device
 

@@ -79,18 +79,6 @@ def dr_grpo_advantages(rewards: Tensor, group: Tensor, eps: float) -> Tensor:
     return rewards - mean
 
 
-def constant_groups(rewards: Tensor, group: Tensor) -> Tensor:
-    """(N,) bool: True where the element's group has all rewards equal, so every advantage in it
-    is 0 and it carries no gradient (what DAPO's dynamic sampling drops and refills)."""
-    _, inverse = torch.unique(group, return_inverse=True)
-    n = int(inverse.max()) + 1 if inverse.numel() else 0
-    high = torch.full((n,), -torch.inf, dtype=rewards.dtype, device=rewards.device)
-    low = torch.full((n,), torch.inf, dtype=rewards.dtype, device=rewards.device)
-    high = high.scatter_reduce(0, inverse, rewards, reduce="amax")
-    low = low.scatter_reduce(0, inverse, rewards, reduce="amin")
-    return (high == low)[inverse]
-
-
 # --- policy losses ----------------------------------------------------------------------------
 
 
