@@ -125,7 +125,7 @@ def path_score(cumulative_logprob: float, depth: int, alpha: float) -> float:
     return cumulative_logprob / depth ** alpha
 
 
-# -- configuration ---------------------------------------------------------------------------------
+# -- LeanDojo's theorems ---------------------------------------------------------------------------
 # How the search runs is `SearchConfig`, the [search] section of the run config (prover/config.py):
 # backend, template, length_alpha, concurrency, and LeanDojo's repo, commit, file and timeout.
 
