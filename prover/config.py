@@ -8,7 +8,7 @@ the result next to its outputs (`write_resolved_config`), and that file passed b
 Sections: [policy] (policy.config.PolicyConfig), [verifier] (lean_env.config.VerifierConfig),
 [rollout], [training] (optimiser, schedule, checkpoints: shared by every trainer), [sft], [grpo] (the RL
 objective), [learner] (the learner's mesh, policy.mesh.ShardingConfig), [fleet] (the Ray actors),
-[benchmark], [curate], [iterate]. Defaults name their source: GRPO values follow DeepSeekMath (Shao et al. 2024)
+[benchmark], [search] (best-first tactic search), [curate], [iterate]. Defaults name their source: GRPO values follow DeepSeekMath (Shao et al. 2024)
 and TRL's GRPOConfig, sampling follows DeepSeek-Prover-V1.5.
 
 Each value has one home: samples per prompt is `policy.sampling.n` (GRPO's group size, the
@@ -42,6 +42,12 @@ class ConfigError(UserError):
     """The configuration file or a flag has a bad value; the message names the key."""
 
 
+# The state -> tactic prompts of prover/search/best_first.py TACTIC_TEMPLATES (each citing its
+# source); named here so that a config is checked without importing the search (a test holds
+# the two equal).
+TacticTemplateName = Literal["bfs-prover", "gptf"]
+
+
 class RolloutConfig(BaseModel):
     """How prompts become verified samples (samples per prompt, GRPO's G: `policy.sampling.n`)."""
 
@@ -65,7 +71,7 @@ class RolloutConfig(BaseModel):
     episodes: Literal["whole-proof", "tactic"] = Field(
         "whole-proof", description="Episode kind (prover/rl/rollout.py): 'whole-proof' (one completion, checked once) "
         "or 'tactic' (multi-turn, LeanDojo's framing: tactic in, new goals or Lean's error out).")
-    tactic_template: Literal["gptf", "bfs-prover"] = Field(
+    tactic_template: TacticTemplateName = Field(
         "gptf", description="Tactic episodes: state -> tactic prompt (prover/search/best_first.py TACTIC_TEMPLATES).")
     tactic_turns: int = Field(8, ge=1, description="Tactic episodes: at most this many tactic calls per episode.")
 
@@ -361,6 +367,63 @@ class BenchmarkConfig(BaseModel):
     )
 
 
+class SearchConfig(BaseModel):
+    """Best-first tactic search (`--method search`, prover/search/best_first.py): where its tactic
+    sessions come from, the prompt, the score that orders the frontier, and how many problems
+    share engine calls. Budgets per problem are the job's (`run.expansions`,
+    `run.budget_seconds`: `--expansions`, `--budget-seconds`); tactics sampled per expansion are
+    `policy.sampling.n`.
+
+    With backend 'dojo' each problem is the theorem of the same name in a repo LeanDojo has
+    traced: `lean_dojo.Theorem(LeanGitRepo(dojo_url, dojo_commit), dojo_file_path, problem.name)`,
+    LeanDojo's own constructors and field names (lean-dojo 4.20.0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["repl", "dojo"] = Field(
+        "repl", description="Tactic sessions: 'repl' = lean_env.tactic.TacticSession on the verifier's REPL pool "
+        "(the stand-in where Lean is missing); 'dojo' = LeanDojo's (lean_env.backends.dojo.DojoTacticSession) "
+        "on the theorems of a traced repo (dojo_url, dojo_commit, dojo_file_path). Either way a proof found is "
+        "checked again by the verifier (every acceptance rule, the final judge).")
+    template: TacticTemplateName = Field(
+        "bfs-prover", description="State -> tactic prompt (prover/search/best_first.py TACTIC_TEMPLATES): "
+        "'bfs-prover' (\"{state}:::\", BFS-Prover-V1's model card) or 'gptf' (\"[GOAL]{state}[PROOFSTEP]\", "
+        "GPT-f/PACT as llmstep sends it).")
+    length_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Exponent of BFS-Prover's length normalisation: score = sum of the "
+        "path's tactic log-probs / depth**alpha. 0 = ReProver's cumulative log-prob (favours shallow states), "
+        "1 = mean per tactic. 0.5 is our middle default, not a published value.")
+    concurrency: int | None = Field(
+        None, ge=1, description="Problems searched at once (their proposals share engine calls). None: the "
+        "verifier's `workers` for 'repl' (each session holds a REPL process), 1 for 'dojo'.")
+    dojo_timeout_s: float = Field(600.0, gt=0, description="'dojo': LeanDojo's limit per interaction "
+                                  "(`Dojo(theorem, timeout=...)`), seconds.")
+    dojo_url: str | None = Field(
+        None, description="'dojo': the traced repo, LeanDojo's `LeanGitRepo.url` (a GitHub URL, another git "
+        "URL or a local path), e.g. https://github.com/yangky11/miniF2F-lean4.")
+    dojo_commit: str | None = Field(
+        None, description="'dojo': the repo's commit, LeanDojo's `LeanGitRepo.commit` (a hash; a tag or branch "
+        "is resolved to one by LeanDojo); pin the commit that was traced.")
+    dojo_file_path: str | None = Field(
+        None, description="'dojo': the .lean file inside the repo that holds the theorems, LeanDojo's "
+        "`Theorem.file_path`, e.g. MiniF2F/Valid.lean or MiniF2F/Test.lean; `{name}` in it is replaced by the "
+        "problem's name (one file per theorem). The theorem's `full_name` is the problem's name.")
+
+    @model_validator(mode="after")
+    def _dojo_names_its_theorems(self) -> SearchConfig:
+        if self.backend == "dojo":
+            missing = [f"search.{k}" for k in ("dojo_url", "dojo_commit", "dojo_file_path") if not getattr(self, k)]
+            if missing:
+                raise ValueError(
+                    f"search.backend = 'dojo' finds each problem in a traced repo, lean_dojo.Theorem(LeanGitRepo("
+                    f"search.dojo_url, search.dojo_commit), search.dojo_file_path, problem name): set "
+                    f"{', '.join(missing)}")
+        if self.dojo_file_path is not None and not self.dojo_file_path.endswith(".lean"):
+            raise ValueError(f"search.dojo_file_path = {self.dojo_file_path!r}: LeanDojo takes theorems from a "
+                             ".lean file")
+        return self
+
+
 class CurateConfig(BaseModel):
     """`prover data curate`: choose a small SFT set from larger corpora, s1 style (Muennighoff et
     al. 2025, s1K: quality, then difficulty, then diversity by a domain drawn uniformly and a
@@ -436,6 +499,7 @@ class ProverConfig(BaseModel):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     iterate: IterateConfig = Field(default_factory=IterateConfig)
     run: RunConfig = Field(default_factory=RunConfig)

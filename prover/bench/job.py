@@ -85,7 +85,7 @@ def run_bench_job(config: ProverConfig, request: BenchRequest, *, command: str,
     recorded = config.run
     method = request.method or recorded.method or "whole"   # recorded in [run]: a re-run and --resume keep it
     suite, problems = request.suite, request.problems
-    load_method(method)   # a method not in this checkout: one line, before any work
+    load_method(method, config.search)   # a method (or its backend) not installed: one line, before any work
     check_ks(method, config.benchmark.k)
     if suite is None and problems is None:   # a resolved config re-runs its own job
         if recorded.command != command:

@@ -41,15 +41,17 @@ from prover.search.methods import MethodOptions, prove_problems
 from prover.search.whole import BudgetForcing
 
 if TYPE_CHECKING:
-    from prover.config import ProverConfig
+    from prover.config import ProverConfig, SearchConfig
 
-def load_method(name: str) -> str:
-    """Check that `--method NAME` can run here (prover.search.methods is the one dispatcher);
-    an unknown or missing method is a UserError before any work starts."""
+
+def load_method(name: str, search: SearchConfig | None = None) -> str:
+    """Check that `--method NAME` can run here (prover.search.methods is the one dispatcher),
+    with `search`'s backend for `search`; an unknown or missing method, or a missing optional
+    dependency of the chosen backend, is a UserError before any work starts."""
     from prover.search.methods import MethodNotAvailable, ensure_available
 
     try:
-        ensure_available(name)
+        ensure_available(name, search)
     except (ValueError, MethodNotAvailable) as exc:
         raise UserError(f"--method {name}: {exc}") from None
     return name
@@ -134,7 +136,7 @@ def method_options(config: ProverConfig) -> MethodOptions:
         budget=Budget(samples=job.budget_samples, tokens=job.budget_tokens, wall_s=job.budget_seconds),
         rounds=job.rounds if job.rounds is not None else 2,
         forcing=BudgetForcing(job.think_tokens, job.waits or 0) if job.think_tokens else None,
-        expansions=job.expansions, problems_per_batch=job.problems_per_batch)
+        expansions=job.expansions, problems_per_batch=job.problems_per_batch, search=config.search)
 
 
 def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: ProverConfig, *,
@@ -147,7 +149,7 @@ def run_bench(problems: Sequence[Problem], engine: Any, verifier: Any, config: P
     renders chat templates through the model's own chat template, as `prover prove` does."""
     started = time.perf_counter()
     options = method_options(config)
-    for result in prove_problems(load_method(method), problems, engine, verifier,  # type: ignore[arg-type]
+    for result in prove_problems(load_method(method, config.search), problems, engine, verifier,  # type: ignore[arg-type]
                                  config.policy.sampling, template=config.rollout.prompt_template,
                                  options=options, tokenizer=tokenizer, prompt_check=prompt_check,
                                  on_verified=on_verified):
@@ -231,7 +233,9 @@ def build_manifest(config: ProverConfig, *, checkpoint: Path, selection: Selecti
         "method_options": {"budget": options.budget.to_json(), "rounds": options.rounds if method == "repair" else None,
                            "think_tokens": options.forcing.think_tokens if options.forcing else None,
                            "waits": options.forcing.waits if options.forcing else None,
-                           "expansions": options.expansions if method == "search" else None},
+                           "expansions": options.expansions if method == "search" else None,
+                           "search": options.search.model_dump(mode="json", exclude_none=True)
+                           if method == "search" else None},
         "template": {"name": config.rollout.prompt_template, "text": text, "sha256": _sha256_text(text)},
         "sampling": policy.sampling.model_dump(mode="json"),
         "engine": {"name": policy.engine, "dtype": policy.dtype, "max_model_len": policy.max_model_len,

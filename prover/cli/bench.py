@@ -17,7 +17,9 @@ from prover.cli.common import (
     ForceOption,
     JsonFlag,
     ResumeOption,
+    SearchBackendOption,
     StandinOption,
+    TacticTemplateOption,
     TemplateOption,
     TimeoutOption,
     UserError,
@@ -123,6 +125,8 @@ class BenchJob:
     think_tokens: int | None = None
     waits: int | None = None
     expansions: int | None = None
+    search_backend: str | None = None   # [search] (None = not given)
+    tactic_template: str | None = None
 
 
 @app.callback()
@@ -151,6 +155,8 @@ def bench(
     think_tokens: ThinkTokensOption = None,
     waits: WaitsOption = None,
     expansions: ExpansionsOption = None,
+    search_backend: SearchBackendOption = None,
+    tactic_template: TacticTemplateOption = None,
     out: Annotated[Path | None, typer.Option(
         "--out", file_okay=False, help="Run folder: results.jsonl, summary.json, report.md, passk.png, "
         "config.resolved.toml (default: output_dir of the config).")] = None,
@@ -173,7 +179,7 @@ def bench(
         workers=workers, problems_per_batch=problems_per_batch, out=out, force=force, resume=resume,
         standin=standin, as_json=as_json, budget_samples=budget_samples, budget_tokens=budget_tokens,
         budget_seconds=budget_seconds, rounds=rounds, think_tokens=think_tokens, waits=waits,
-        expansions=expansions), command="bench")
+        expansions=expansions, search_backend=search_backend, tactic_template=tactic_template), command="bench")
     if done.interrupted is not None:
         _say(done.interrupted)
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -205,6 +211,7 @@ def run_bench_job(ctx: typer.Context, job: BenchJob, *, command: str,
         "run.budget_samples": job.budget_samples, "run.budget_tokens": job.budget_tokens,
         "run.budget_seconds": job.budget_seconds, "run.rounds": job.rounds, "run.think_tokens": job.think_tokens,
         "run.waits": job.waits, "run.expansions": job.expansions,
+        "search.backend": job.search_backend, "search.template": job.tactic_template,
     })
     # The template's published sampling applies wherever the user set none (as `prover prove` does).
     given = {k for k, v in (("n", job.n), ("max_tokens", job.max_tokens), ("temperature", job.temperature))

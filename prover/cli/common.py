@@ -22,7 +22,7 @@ from prover.errors import CannotCheck, UserError
 
 __all__ = ["EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOT_CHECKED", "EXIT_OK", "EXIT_REJECTED",
            "EXIT_USAGE", "SEED_MAX", "CannotCheck", "ForceOption", "JsonFlag", "ResumeOption",
-           "StandinOption", "TemplateOption", "TimeoutOption", "WorkersOption", "UserError", "config_from_context",
+           "SearchBackendOption", "StandinOption", "TacticTemplateOption", "TemplateOption", "TimeoutOption", "WorkersOption", "UserError", "config_from_context",
            "console", "err_console", "exit_code_for", "print_json"]
 
 # Exit codes: each means one thing, for every command.
@@ -45,6 +45,12 @@ ResumeOption = Annotated[bool, typer.Option(
 TemplateOption = Annotated[str | None, typer.Option(
     "--template", help="Prompt of a released prover (prover/prompts.py): deepseek-prover-v1.5 (default), "
     "deepseek-prover-v2, goedel-prover-v2, kimina-prover, plain (default: rollout.prompt_template).")]
+SearchBackendOption = Annotated[str | None, typer.Option(
+    "--search-backend", help="search: tactic sessions on the verifier's REPL pool (repl) or LeanDojo's on a traced "
+    "repo (dojo: needs search.dojo_url, dojo_commit, dojo_file_path in --config); default search.backend.")]
+TacticTemplateOption = Annotated[str | None, typer.Option(
+    "--tactic-template", help="search: state -> tactic prompt, bfs-prover or gptf (prover/search/best_first.py); "
+    "default search.template.")]
 StandinOption = Annotated[Path | None, typer.Option(
     "--standin", hidden=True, help="TEST DOUBLE: check with the stand-in REPL and this rule table instead "
     "of Lean. Its verdicts are not Lean's.")]

@@ -27,7 +27,9 @@ from prover.cli.common import (
     ForceOption,
     JsonFlag,
     ResumeOption,
+    SearchBackendOption,
     StandinOption,
+    TacticTemplateOption,
     TemplateOption,
     TimeoutOption,
     UserError,
@@ -105,6 +107,8 @@ def prove(
     waits: Annotated[int | None, typer.Option(
         "--waits", min=0, help="With --think-tokens: a thinking phase that ends early gets \"Wait\" appended, up to N times (default 0).")] = None,
     expansions: Annotated[int | None, typer.Option("--expansions", min=1, help="search: frontier expansions per problem.")] = None,
+    search_backend: SearchBackendOption = None,
+    tactic_template: TacticTemplateOption = None,
     timeout: TimeoutOption = None,
     workers: WorkersOption = None,
     problems_per_batch: Annotated[int | None, typer.Option(
@@ -149,6 +153,7 @@ def prove(
         "policy.sampling.temperature": temperature, "policy.sampling.seed": seed,
         "verifier.timeout_s": timeout, "verifier.workers": workers,
         "run.problems_per_batch": problems_per_batch, "rollout.prompt_template": template,
+        "search.backend": search_backend, "search.template": tactic_template,
     })
     if config.policy.checkpoint is None:
         raise UserError("no policy checkpoint: pass --model DIR (e.g. one written by `prover model init`)")
@@ -164,7 +169,7 @@ def prove(
     if method not in METHODS:
         raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     try:
-        ensure_available(method)
+        ensure_available(method, config.search)   # before a model loads
     except MethodNotAvailable as exc:
         raise UserError(str(exc)) from None
     budget_samples = budget_samples if budget_samples is not None else job.budget_samples
@@ -189,7 +194,7 @@ def prove(
     budget = Budget(samples=budget_samples, tokens=budget_tokens, wall_s=budget_seconds)
     options = MethodOptions(budget=budget, rounds=rounds, expansions=expansions,
                             forcing=BudgetForcing(think_tokens, waits) if think_tokens else None,
-                            problems_per_batch=config.run.problems_per_batch)
+                            problems_per_batch=config.run.problems_per_batch, search=config.search)
     config = config.model_copy(update={"verifier": verifier.config, "run": job.model_copy(update={
         "command": "prove whole" if method == "whole" else f"prove --method {method}", "argv": command_line(), "problems": source,
         "problems_file": resolved.location, "problems_sha256": resolved.sha256, "split": split,
@@ -202,7 +207,9 @@ def prove(
                                       "template": config.rollout.prompt_template, "budget": budget.to_json(),
                                       "rounds": rounds if method == "repair" else None,
                                       "samples_per_problem": config.policy.sampling.n} | (
-                                          {"backend": label} if label else {}))
+                                          {"backend": label} if label else {}) | (
+                                          {"search": config.search.model_dump(mode="json", exclude_none=True)}
+                                          if method == "search" else {}))
     todo = [p for p in selected if p.id not in run.done_keys]
     prefix = f"[{label}] " if label else ""
     records: list[dict[str, Any]] = []

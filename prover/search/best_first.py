@@ -7,7 +7,8 @@ priority queue of Lean tactic states decides which state to expand next (ReProve
         print(result.problem.name, result.outcome, result.stats.expansions)
 
 One search per problem, on a `lean_env` tactic session (the REPL pool's `TacticSession`, or
-LeanDojo's `DojoTacticSession`, by `BestFirstConfig.backend`):
+LeanDojo's `DojoTacticSession` on a traced repo's theorem of the problem's name, by
+`SearchConfig.backend`: the run config's [search] section, prover/config.py):
 
 1. The frontier starts with the theorem's first state. Each expansion pops the state with the
    highest score, asks the engine for `sampling.n` tactics for it (prompt: `TACTIC_TEMPLATES`)
@@ -27,7 +28,7 @@ cumulative log-probability):
 
 where log p(t | s) is the sum of the per-token log-probabilities the engine reports for the
 sampled tactic (nats; end-of-sequence token included when sampled) and alpha is
-`BestFirstConfig.length_alpha`: 0 is ReProver's plain cumulative log-probability, which
+`SearchConfig.length_alpha`: 0 is ReProver's plain cumulative log-probability, which
 favours shallow states; 1 is the mean log-probability per tactic; BFS-Prover uses the
 normalisation to reach deeper proofs. Ties go to the state pushed first.
 
@@ -35,7 +36,7 @@ Budgets (`SearchBudget`, per problem) on expansions, tactic calls and wall time,
 every expansion and every tactic call; wall time can overrun by at most one engine call and one
 tactic call, which are not interrupted.
 
-Many problems are searched at once (`BestFirstConfig.concurrency`, default the pool's workers:
+Many problems are searched at once (`SearchConfig.concurrency`, default the pool's workers:
 each session holds one REPL process). Every step pops the best state of each active search and
 sends all their prompts to the engine in one `generate` call, so proposals batch across
 problems; the tactics of different searches then run in parallel threads (one session, one
@@ -52,9 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Protocol
 
 from lean_env.acceptance import statement_text
 from lean_env.backends.dojo import DojoTacticSession
@@ -71,6 +70,8 @@ from lean_env.verdict import Verdict
 from lean_env.verifier import VerifyRequest
 from policy.config import SamplingConfig
 from policy.engines import Completion, GenerationEngine
+from prover.config import SearchConfig
+from prover.errors import UserError
 from prover.problems import Problem
 from prover.search.attempts import Attempt, ProofResult
 
@@ -124,31 +125,33 @@ def path_score(cumulative_logprob: float, depth: int, alpha: float) -> float:
     return cumulative_logprob / depth ** alpha
 
 
-# -- configuration ---------------------------------------------------------------------------------
+# -- LeanDojo's theorems ---------------------------------------------------------------------------
+# How the search runs is `SearchConfig`, the [search] section of the run config (prover/config.py):
+# backend, template, length_alpha, concurrency, and LeanDojo's repo, commit, file and timeout.
 
 
-class BestFirstConfig(BaseModel):
-    """How the search runs (budgets are `SearchBudget`; tactics per expansion are `sampling.n`)."""
+def dojo_theorems(config: SearchConfig) -> Callable[[Problem], Any]:
+    """problem -> `lean_dojo.Theorem(LeanGitRepo(config.dojo_url, config.dojo_commit),
+    config.dojo_file_path, problem.name)` (`{name}` in the file path is the problem's name).
+    The repo is made once, at the first theorem: LeanDojo's `LeanGitRepo` asks the git host
+    about the commit. A repo LeanDojo cannot open is a `UserError` naming the config keys."""
+    if config.dojo_url is None or config.dojo_commit is None or config.dojo_file_path is None:
+        raise ValueError("dojo_theorems needs search.dojo_url, search.dojo_commit and search.dojo_file_path")
+    url, commit, file_path = config.dojo_url, config.dojo_commit, config.dojo_file_path
+    repos: list[Any] = []
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    def theorem(problem: Problem) -> Any:
+        import lean_dojo
 
-    backend: Literal["repl", "dojo"] = Field(
-        "repl", description="Tactic sessions: 'repl' = lean_env.tactic.TacticSession on the REPL "
-        "pool (the stand-in where Lean is missing); 'dojo' = LeanDojo's DojoTacticSession (needs "
-        "`dojo_theorem` to map each problem to a lean_dojo.Theorem of a traced repo).")
-    template: str = Field("bfs-prover", description=f"State -> tactic prompt, one of {sorted(TACTIC_TEMPLATES)}.")
-    length_alpha: float = Field(
-        0.5, ge=0.0, le=1.0, description="Exponent of BFS-Prover's length normalisation: score = "
-        "sum of the path's tactic log-probs / depth**alpha. 0 = ReProver's cumulative log-prob "
-        "(favours shallow states), 1 = mean per tactic. 0.5 is our middle default, not a published value.")
-    concurrency: int | None = Field(
-        None, ge=1, description="Problems searched at once (their proposals share engine calls). "
-        "None: the pool's `workers` for 'repl' (each session holds a process), 1 for 'dojo'.")
-    dojo_timeout_s: float = Field(600.0, gt=0, description="LeanDojo's limit per interaction, seconds.")
+        if not repos:
+            try:
+                repos.append(lean_dojo.LeanGitRepo(url, commit))
+            except Exception as exc:   # LeanDojo's ValueError, or GitHub's / git's own errors
+                raise UserError(f"search.dojo_url = {url!r}, search.dojo_commit = {commit!r}: LeanDojo cannot "
+                                f"open the repo ({type(exc).__name__}: {exc})") from None
+        return lean_dojo.Theorem(repos[0], file_path.replace("{name}", problem.name), problem.name)
 
-    def model_post_init(self, _context: Any) -> None:
-        if self.template not in TACTIC_TEMPLATES:
-            raise ValueError(f"unknown tactic template {self.template!r}; known: {sorted(TACTIC_TEMPLATES)}")
+    return theorem
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,7 @@ def _path_completion(path: Sequence[Completion]) -> Completion:
 
 def prove_best_first(problems: Sequence[Problem], engine: GenerationEngine, verifier_or_pool: Any,
                      sampling: SamplingConfig, *, budget: SearchBudget,
-                     config: BestFirstConfig | None = None,
+                     config: SearchConfig | None = None,
                      dojo_theorem: Callable[[Problem], Any] | None = None, dojo_factory: Any = None,
                      prompt_check: Callable[[str], str | None] | None = None,
                      clock: Callable[[], float] = time.monotonic) -> Iterator[SearchResult]:
@@ -319,13 +322,14 @@ def prove_best_first(problems: Sequence[Problem], engine: GenerationEngine, veri
     `verifier_or_pool`: a `lean_env.verifier.Verifier` (sessions lease from its pool, and a
     found proof is verified again through it, final judge included) or a `ReplPool` (the
     session's own full acceptance check is the last word); either must be open (`with`).
-    Ignored by the 'dojo' backend, whose sessions are LeanDojo's: `dojo_theorem(problem)` gives
-    the `lean_dojo.Theorem`, `dojo_factory` replaces `lean_dojo.Dojo` (tests).
+    The 'dojo' backend's sessions are LeanDojo's (a Verifier given still checks the proofs they
+    find): `dojo_theorem(problem)` gives the `lean_dojo.Theorem` (default: `dojo_theorems(config)`,
+    from the config's repo, commit and file), `dojo_factory` replaces `lean_dojo.Dojo` (tests).
     `sampling.n` tactics are sampled per expansion; the template's stop strings are added.
     `prompt_check(prompt)` returning a reason drops that state unexpanded (e.g.
     `attempts.prompt_fit`). `clock` measures the wall-time budget.
     """
-    config = config or BestFirstConfig()
+    config = config or SearchConfig()
     template = TACTIC_TEMPLATES[config.template]
     sampling = sampling.model_copy(update={"stop": list(dict.fromkeys([*sampling.stop, *template.stop]))})
     verifier = verifier_or_pool if hasattr(verifier_or_pool, "verify_batch") else None
@@ -333,7 +337,7 @@ def prove_best_first(problems: Sequence[Problem], engine: GenerationEngine, veri
     if config.backend == "repl" and not hasattr(pool, "lease"):
         raise ValueError(f"backend 'repl' needs a REPL pool or a Verifier over one, got {type(verifier_or_pool).__name__}")
     if config.backend == "dojo" and dojo_theorem is None:
-        raise ValueError("backend 'dojo' needs dojo_theorem: a function from a problem to its lean_dojo.Theorem")
+        dojo_theorem = dojo_theorems(config)
     concurrency = config.concurrency or (pool.config.workers if config.backend == "repl" else 1)
 
     def open_search(problem: Problem) -> _Search | SearchResult:

@@ -8,13 +8,15 @@ only when asked for, so the other methods work where it is not installed.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lean_env.verdict import Accepted, Rejected
 from policy.config import SamplingConfig
 from policy.engines import GenerationEngine
+from prover.config import SearchConfig
 from prover.problems import Problem
 from prover.prompts import ChatTokenizer, PromptTemplate, get_template
 from prover.search.attempts import Attempt, Budget, ProofResult, Verifying
@@ -36,6 +38,7 @@ class MethodOptions:
     rounds: repair rounds after the first samples (Goedel-Prover-V2 reports two).
     forcing: s1 budget forcing for CoT templates (None: off).
     expansions: best-first search's frontier expansions per problem (None: its default).
+    search: how best-first search runs (the run config's [search] section).
     """
 
     budget: Budget = Budget()
@@ -43,6 +46,7 @@ class MethodOptions:
     forcing: BudgetForcing | None = None
     expansions: int | None = None
     problems_per_batch: int = 8
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def apply_published_sampling(sampling: SamplingConfig, template: str | PromptTemplate,
@@ -93,17 +97,26 @@ def prove_problems(method: Method, problems: Sequence[Problem], engine: Generati
         if options.budget.wall_s is not None:
             limits["wall_s"] = options.budget.wall_s
         result: Iterator[ProofResult] = best_first.prove_best_first(
-            problems, engine, verifier, sampling, budget=best_first.SearchBudget(**limits), prompt_check=prompt_check)
+            problems, engine, verifier, sampling, budget=best_first.SearchBudget(**limits), config=options.search,
+            prompt_check=prompt_check)
         return result
     raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
 
 
-def ensure_available(method: str) -> None:
-    """Raise `MethodNotAvailable` (or ValueError for an unknown name) before any work starts."""
+# The optional dependency of `search.backend = "dojo"` (pyproject.toml's `dojo` extra).
+DOJO_INSTALL = "pip install 'lean-prover[dojo]' (lean-dojo==4.20.0)"
+
+
+def ensure_available(method: str, search: SearchConfig | None = None) -> None:
+    """Raise `MethodNotAvailable` (or ValueError for an unknown name) before any work starts:
+    the method's module, and for `search` with `search.backend = "dojo"` the lean_dojo package
+    (looked up, not imported: importing it starts Ray's machinery and logs)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     if method == "search":
         _best_first()
+        if search is not None and search.backend == "dojo" and importlib.util.find_spec("lean_dojo") is None:
+            raise MethodNotAvailable(f"search.backend = 'dojo' needs LeanDojo, which is not installed: {DOJO_INSTALL}")
 
 
 def _best_first() -> Any:
