@@ -13,16 +13,25 @@ from prover.bench.job import BenchOutcome, SummaryExtra
 from prover.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
-    SEED_MAX,
+    BudgetSamplesOption,
+    BudgetSecondsOption,
+    BudgetTokensOption,
+    ExpansionsOption,
     ForceOption,
     JsonFlag,
+    MaxTokensOption,
     ResumeOption,
+    RoundsOption,
     SearchBackendOption,
+    SeedOption,
     StandinOption,
     TacticTemplateOption,
+    TemperatureOption,
     TemplateOption,
+    ThinkTokensOption,
     TimeoutOption,
     UserError,
+    WaitsOption,
     WorkersOption,
     config_from_context,
     console,
@@ -69,25 +78,6 @@ MethodOption = Annotated[str | None, typer.Option(
 EngineOption = Annotated[str | None, typer.Option("--engine", help="vllm (default) or transformers.")]
 SamplesOption = Annotated[int | None, typer.Option(
     "--n", "-n", min=1, help="Samples per problem (default policy.sampling.n); every k must be at most n.")]
-MaxTokensOption = Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per sample.")]
-TemperatureOption = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")]
-SeedOption = Annotated[int | None, typer.Option(
-    "--seed", min=0, max=SEED_MAX, help="Sampling seed (default: drawn and recorded).")]
-BudgetSamplesOption = Annotated[int | None, typer.Option(
-    "--budget-samples", min=1, help="At most this many samples per problem, every repair round included; "
-    "samples not drawn count as failed in pass@k.")]
-BudgetTokensOption = Annotated[int | None, typer.Option(
-    "--budget-tokens", min=1, help="At most this many generated tokens per problem (checked between engine calls).")]
-BudgetSecondsOption = Annotated[float | None, typer.Option(
-    "--budget-seconds", min=0.001, help="Wall-time limit per problem, seconds (checked between engine calls).")]
-RoundsOption = Annotated[int | None, typer.Option(
-    "--rounds", min=0, help="repair: correction rounds after the first samples (default 2).")]
-ThinkTokensOption = Annotated[int | None, typer.Option(
-    "--think-tokens", min=1, help="CoT templates: s1 budget forcing, thinking capped at N tokens, then the answer forced.")]
-WaitsOption = Annotated[int | None, typer.Option(
-    "--waits", min=0, help="With --think-tokens: \"Wait\" appended to thinking that ends early, up to N times.")]
-ExpansionsOption = Annotated[int | None, typer.Option(
-    "--expansions", min=1, help="search: frontier expansions per problem.")]
 ProblemsPerBatchOption = Annotated[int | None, typer.Option(
     "--problems-per-batch", min=1, help="Problems sampled in one engine call; each is written when its batch "
     "is verified, so an interruption loses at most one batch (default run.problems_per_batch, 8).")]

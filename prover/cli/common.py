@@ -51,6 +51,26 @@ SearchBackendOption = Annotated[str | None, typer.Option(
 TacticTemplateOption = Annotated[str | None, typer.Option(
     "--tactic-template", help="search: state -> tactic prompt, bfs-prover or gptf (prover/search/best_first.py); "
     "default search.template.")]
+# Proving methods' sampling and budgets (prove, bench, distill).
+MaxTokensOption = Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per sample.")]
+TemperatureOption = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")]
+SeedOption = Annotated[int | None, typer.Option(
+    "--seed", min=0, max=SEED_MAX, help="Sampling seed (default: drawn and recorded).")]
+BudgetSamplesOption = Annotated[int | None, typer.Option(
+    "--budget-samples", min=1, help="At most this many samples per problem, every repair round included "
+    "(bench: samples not drawn count as failed in pass@k).")]
+BudgetTokensOption = Annotated[int | None, typer.Option(
+    "--budget-tokens", min=1, help="At most this many generated tokens per problem (checked between engine calls).")]
+BudgetSecondsOption = Annotated[float | None, typer.Option(
+    "--budget-seconds", min=0.001, help="Wall-time limit per problem, seconds (checked between engine calls).")]
+RoundsOption = Annotated[int | None, typer.Option(
+    "--rounds", min=0, help="repair: correction rounds after the first samples (default 2).")]
+ThinkTokensOption = Annotated[int | None, typer.Option(
+    "--think-tokens", min=1, help="CoT templates: s1 budget forcing, thinking capped at N tokens, then the answer forced.")]
+WaitsOption = Annotated[int | None, typer.Option(
+    "--waits", min=0, help="With --think-tokens: \"Wait\" appended to thinking that ends early, up to N times.")]
+ExpansionsOption = Annotated[int | None, typer.Option(
+    "--expansions", min=1, help="search: frontier expansions per problem.")]
 StandinOption = Annotated[Path | None, typer.Option(
     "--standin", hidden=True, help="TEST DOUBLE: check with the stand-in REPL and this rule table instead "
     "of Lean. Its verdicts are not Lean's.")]

@@ -23,16 +23,25 @@ from typer.core import TyperGroup
 from prover.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
-    SEED_MAX,
+    BudgetSamplesOption,
+    BudgetSecondsOption,
+    BudgetTokensOption,
+    ExpansionsOption,
     ForceOption,
     JsonFlag,
+    MaxTokensOption,
     ResumeOption,
+    RoundsOption,
     SearchBackendOption,
+    SeedOption,
     StandinOption,
     TacticTemplateOption,
+    TemperatureOption,
     TemplateOption,
+    ThinkTokensOption,
     TimeoutOption,
     UserError,
+    WaitsOption,
     WorkersOption,
     config_from_context,
     console,
@@ -89,24 +98,16 @@ def prove(
     template: TemplateOption = None,   # prove applies the template's published sampling where none is set
     samples: Annotated[int | None, typer.Option(
         "--samples", min=1, help="Proofs sampled per problem in the first round (default policy.sampling.n).")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per proof.")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature; 0 = greedy.")] = None,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", min=0, max=SEED_MAX,
-        help="Sampling seed (default: one is drawn and recorded in config.resolved.toml).")] = None,
-    budget_samples: Annotated[int | None, typer.Option(
-        "--budget-samples", min=1, help="At most this many samples per problem, every repair round included.")] = None,
-    budget_tokens: Annotated[int | None, typer.Option(
-        "--budget-tokens", min=1, help="At most this many generated tokens per problem (checked between engine calls).")] = None,
-    budget_seconds: Annotated[float | None, typer.Option(
-        "--budget-seconds", min=0.001, help="Wall-time limit per problem, seconds (checked between engine calls).")] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", min=0, help="repair: correction rounds after the first samples (default 2).")] = None,
-    think_tokens: Annotated[int | None, typer.Option(
-        "--think-tokens", min=1, help="CoT templates: s1 budget forcing, thinking capped at N tokens, then the "
-        "end-of-thinking marker and a ```lean4 fence are appended to force the answer.")] = None,
-    waits: Annotated[int | None, typer.Option(
-        "--waits", min=0, help="With --think-tokens: a thinking phase that ends early gets \"Wait\" appended, up to N times (default 0).")] = None,
-    expansions: Annotated[int | None, typer.Option("--expansions", min=1, help="search: frontier expansions per problem.")] = None,
+    max_tokens: MaxTokensOption = None,
+    temperature: TemperatureOption = None,
+    seed: SeedOption = None,
+    budget_samples: BudgetSamplesOption = None,
+    budget_tokens: BudgetTokensOption = None,
+    budget_seconds: BudgetSecondsOption = None,
+    rounds: RoundsOption = None,
+    think_tokens: ThinkTokensOption = None,
+    waits: WaitsOption = None,
+    expansions: ExpansionsOption = None,
     search_backend: SearchBackendOption = None,
     tactic_template: TacticTemplateOption = None,
     timeout: TimeoutOption = None,
