@@ -371,14 +371,18 @@ class _Lexer:
             elif _is_digit(c):
                 end, err = self.number_end(i)
                 tok = self.token(Kind.NUMBER, i, end, error=err, in_string=in_string)
-            elif c == "`" and (is_id_first(self.at(i + 1)) or self.at(i + 1) == "«") \
-                    and self.at(i + 1):
+            elif c == "`" and i + 1 >= n:
+                # Lean's `getNext` past the end reads `default : Char`, 'A', an id-first
+                # character: it takes the name-literal branch and fails (end of input).
+                tok = self.token(Kind.NAME_LIT, i, n, error="a name literal without a name ends the input",
+                                 in_string=in_string)
+            elif c == "`" and (is_id_first(src[i + 1]) or src[i + 1] == "«"):
                 end, parts, err = self.ident_end(i + 1)
                 tok = self.token(Kind.NAME_LIT, i, end, parts=parts, error=err, in_string=in_string)
             elif c == "r" and (raw := self.raw_string_end(i)) is not None:
                 end, err = raw
                 tok = self.token(Kind.STRING, i, end, error=err, in_string=in_string)
-            elif c == "#" and is_id_first(self.at(i + 1)) and self.at(i + 1):
+            elif c == "#" and i + 1 < n and is_id_first(src[i + 1]):
                 j = i + 1
                 while j < n and (_is_ascii_alpha(src[j]) or src[j] == "_"):
                     j += 1

@@ -195,3 +195,26 @@ def test_total_on_arbitrary_text() -> None:
 def test_render_collapses_whitespace_and_comments() -> None:
     src = "theorem t (a : ℕ)  :\n  a /- c -/ = a"
     assert render(tokenize(src)) == "theorem t (a : ℕ) : a = a"
+
+
+@pytest.mark.parametrize("src", ["`", "rfl\n`", "x #", "#", "simp`", "`«", "'", "0x", "2e", "/-", "\"\\", "r#\""])
+def test_any_input_ending_anywhere_lexes_without_an_exception(src: str) -> None:
+    """A policy's tactic can end at any character (a fence cut short: "rfl\\n`"); the lexer is
+    the first acceptance layer, so it answers every input with tokens (errors marked), never an
+    exception. Lean's `getNext` past the end reads `default : Char` ('A'), so a trailing
+    backtick takes the name-literal branch and fails: an error token here too."""
+    toks = tokenize(src, comments=True)
+    assert "".join(src[t.start:t.end] for t in toks).replace(" ", "").replace("\n", "") \
+        == src.replace(" ", "").replace("\n", ""), toks
+    if src.endswith("`"):
+        assert toks[-1].error, toks
+
+
+def test_random_inputs_never_raise() -> None:
+    import random
+
+    rng = random.Random(0)
+    alphabet = "`#'\"«»r0x.eE+-/!{}()_aZ₁ℕα \n\t\\"
+    for _ in range(3000):
+        src = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        tokenize(src, comments=True)   # must not raise: an error token, never an exception
