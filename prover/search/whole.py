@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from lean_env.verdict import Verdict
 from lean_env.verifier import VerifyRequest
 from policy.config import SamplingConfig
-from policy.engines import Completion, GenerationEngine, PromptResult
-from policy.engines.base import results_as_finished
+from policy.engines import Completion, GenerationEngine, PromptResult, results_as_finished
 from prover.problems import Problem
 from prover.prompts import (
     FENCE,
@@ -341,7 +340,7 @@ class _VerifierFeed:
             try:
                 verdicts = self._verifier.verify_batch([r for requests, _ in live for r in requests],
                                                        progress=count_new(self._on_verified))
-            except Exception as exc:   # the caller gets it from the futures
+            except BaseException as exc:   # the caller gets it from the futures; a dead thread would hang it
                 for _, future in live:
                     future.set_exception(exc)
                 continue
