@@ -100,24 +100,32 @@ def test_a_problem_is_verified_while_the_rest_of_its_batch_is_sampled(verifier: 
         assert [(a.sample, a.verdict.outcome) for a in r.attempts] == [(0, "accepted"), (1, "rejected:lean_error")], r
 
 
-def test_the_engine_never_waits_for_the_verifier(verifier: RecordingVerifier) -> None:
-    """3 batches: the verifier holds its first call until the engine has started the third
-    batch. Streaming must go on sampling meanwhile (a pipeline that waits for batch 1's
-    verdicts before sampling batch 3 never gets there)."""
+def test_the_engine_samples_the_next_batch_while_the_verifier_checks(verifier: RecordingVerifier) -> None:
+    """3 batches: the verifier holds its first call (batch 1) until the engine samples batch 2,
+    so streaming must go on sampling meanwhile; and the engine stays at most one batch ahead:
+    batch 3 starts only once batch 1's results are out."""
     engine = StreamingEngine(["  omega\n", "  simp\n"])
-    third = threading.Event()
-    engine.before = lambda i, names: third.set() if len(engine.calls) == 3 else None
+    second = threading.Event()
+    got: list[str] = []
+    out_at_batch_3: list[list[str]] = []
+
+    def before(i: int, names: list[str]) -> None:
+        if len(engine.calls) == 2:
+            second.set()
+        if len(engine.calls) == 3 and i == 0:
+            out_at_batch_3.append(list(got))
 
     def hold() -> None:
-        if not third.wait(WAIT_S):
-            raise AssertionError(f"the engine did not reach batch 3 while the verifier held its first call: "
+        if not second.wait(WAIT_S):
+            raise AssertionError(f"the engine did not sample batch 2 while the verifier held batch 1: "
                                  f"calls {engine.calls}")
 
-    verifier.gate = hold
-    results = list(prove_whole(PROBLEMS, engine, verifier, SamplingConfig(n=2), template="plain",
-                               problems_per_batch=2))
+    engine.before, verifier.gate = before, hold
+    for result in prove_whole(PROBLEMS, engine, verifier, SamplingConfig(n=2), template="plain", problems_per_batch=2):
+        got.append(result.problem.id)
     assert engine.calls == [["t0", "t1"], ["t2", "t3"], ["t4"]], engine.calls
-    assert [r.problem.id for r in results] == [p.id for p in PROBLEMS], [r.problem.id for r in results]
+    assert got == [p.id for p in PROBLEMS], got
+    assert out_at_batch_3 == [["t0", "t1"]], f"results out when batch 3 started: {out_at_batch_3}"
     assert sorted(verifier.names()) == [p.name for p in PROBLEMS], verifier.received
 
 
@@ -153,3 +161,23 @@ def test_a_verifier_failure_reaches_the_caller(verifier: RecordingVerifier) -> N
     verifier.gate = broken
     with pytest.raises(RuntimeError, match="verifier pool is gone"):
         list(prove_whole(PROBLEMS[:3], engine, verifier, SamplingConfig(n=1), template="plain", problems_per_batch=1))
+
+
+def test_ctrl_c_keeps_what_was_verified(verifier: RecordingVerifier) -> None:
+    """A KeyboardInterrupt in the engine (Ctrl-C) while batch 3 is sampled: the problems the
+    verifier had taken (batches 1 and 2) still reach the caller, in order, before the
+    interrupt does (the run folder keeps them; a resume does not redo them)."""
+    engine = StreamingEngine(["  omega\n"])
+
+    def interrupt(i: int, names: list[str]) -> None:
+        if len(engine.calls) == 3:
+            assert verifier.wait_for({"t0", "t1"}), verifier.received
+            raise KeyboardInterrupt
+
+    engine.before = interrupt
+    got: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        for result in prove_whole(PROBLEMS, engine, verifier, SamplingConfig(n=1), template="plain",
+                                  problems_per_batch=1):
+            got.append(result.problem.id)
+    assert got == ["t0", "t1"], f"results before the interrupt: {got}; verifier calls {verifier.received}"

@@ -12,11 +12,11 @@ yields each problem's `ProofResult` in problem order. Generation and verificatio
 (`GenerationEngine.generate_iter`: vLLM finishes short answers while long ones still run), and
 a problem's candidates go to the verifier the moment its last sample is in, on a background
 thread (the verifier pool runs them in parallel on its own event loop), while the engine
-samples the rest of the batch and the next ones: neither the GPU nor the Lean workers wait
-for the other, also within a single batch. Results are yielded between engine calls, as
-soon as they and every earlier problem's are verified. With budget forcing, a call's results
-come when all its forcing rounds are done (they are batched over the prompts), so there the
-overlap is per engine call.
+samples the rest of the batch and the next one: neither the GPU nor the Lean workers wait
+for the other, also within a single batch. The engine runs at most one batch ahead of the
+verifier. Results are yielded between engine calls, as soon as they and every earlier
+problem's are verified. With budget forcing, a call's results come when all its forcing
+rounds are done (they are batched over the prompts), so there the overlap is per engine call.
 
 Budgets (`prover.search.attempts.Budget`) bound each problem's samples, generated tokens and
 wall time; with a token or wall-time limit, samples are drawn `samples_per_call` at a time and
@@ -277,19 +277,42 @@ def prove_whole(problems: Sequence[Problem], engine: GenerationEngine, verifier:
         def complete(d: _Draws) -> None:
             d.verdicts = feed.submit(d.requests())
 
-        def finished() -> Iterator[ProofResult]:
+        def finished(quiet: bool = False) -> Iterator[ProofResult]:
+            """The results verified so far that are next in problem order (not waiting); a
+            verifier error is raised here (`quiet`: stops there instead)."""
             while order and (verdicts := order[0].verdicts) is not None and verdicts.done():
+                if verdicts.cancelled() or (quiet and verdicts.exception() is not None):
+                    return
                 yield order.popleft().result(verdicts.result())
 
-        for problem_batch in batches:
-            batch = start(problem_batch)
-            order.extend(batch)
-            for _ in draw(batch, complete):
-                yield from finished()   # between engine calls: the caller may take its time
-        while order:
+        def oldest() -> ProofResult:
             d = order.popleft()
             assert d.verdicts is not None, f"{d.problem.id} was never sent to the verifier"
-            yield d.result(d.verdicts.result())
+            return d.result(d.verdicts.result())   # waits for its verdicts
+
+        try:
+            previous: list[_Draws] = []
+            for problem_batch in batches:
+                # At most one batch ahead of the verifier: batch i+2 starts once batch i is
+                # yielded. The engine waits only when the verifier is the slower side (which then
+                # sets the pace anyway), and results, memory and what a Ctrl-C can lose stay bounded.
+                while len(order) > len(previous):
+                    yield oldest()
+                batch = previous = start(problem_batch)
+                order.extend(batch)
+                for _ in draw(batch, complete):
+                    yield from finished()   # between engine calls: the caller may take its time
+        except GeneratorExit:
+            raise
+        except BaseException:
+            # Ctrl-C or an engine error: what is verified is not lost. The check in progress
+            # finishes (it cannot be cut short), what waits is dropped, and the results done
+            # by then go to the caller before the error does.
+            feed.stop()
+            yield from finished(quiet=True)
+            raise
+        while order:
+            yield oldest()
 
 
 class _VerifierFeed:
@@ -311,10 +334,15 @@ class _VerifierFeed:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Drop what waits (never checked), wait for the call in progress, end the thread."""
         for future in self._submitted:
-            future.cancel()   # only those not yet taken by the thread: never checked
-        self._queue.put(None)
-        self._thread.join()
+            future.cancel()   # only those the thread has not taken
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def submit(self, requests: list[VerifyRequest]) -> Future[list[Verdict]]:
         """The verdicts on `requests`, in order, once the verifier has them."""
