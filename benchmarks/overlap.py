@@ -15,9 +15,9 @@ only what generation cannot hide stays exposed. The report gives wall times and 
 verification time (wall minus time inside the engine), which does not swing with the
 machine's load as generation time does.
 
-A random tiny model runs every sample to `max_tokens`, so every prompt of a call finishes in
-the same engine step and nothing can stream; `--stop` (default "z", a character in a few
-percent of the tokens) gives the answers varied lengths, as real proofs have.
+A random tiny model runs nearly every sample to `max_tokens`, so every prompt of a call
+finishes in the same engine step and nothing can stream; `--stop` (default "v", in about 5% of
+the tiny tokenizer's tokens) gives the answers varied lengths, as real proofs have.
 
     python -m benchmarks.overlap --model runs/tiny [--engine vllm] [--rows 8x2,4x8] [--out runs/bench/overlap.json]
 """
@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--rows", type=parse_rows, default=parse_rows("8x2,4x8"),
                         help="PROBLEMSxPER_BATCH,... (miniF2F-valid problems, problems per batch)")
     parser.add_argument("--samples", type=int, default=4, help="samples per problem")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--stop", default="z", help="stop string that varies answer lengths ('' for none)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--stop", default="v", help="stop string that varies answer lengths ('' for none)")
     parser.add_argument("--check-s", type=float, default=0.25, help="simulated Lean seconds per check")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
