@@ -196,7 +196,7 @@ class ScriptedEngine:
 
 DRIVER = """
 import sys, time
-sys.path.insert(0, {tests!r})
+sys.path.append({tests!r})   # after the checkout: tests/policy must not shadow policy
 import policy.engines
 from test_bench import ScriptedEngine
 policy.engines.make_engine = lambda config: ScriptedEngine(delay_s=0.6)

@@ -158,10 +158,14 @@ def test_prove_whole_yields_each_batch_as_it_is_verified(tmp_path: Path, stream:
         results = prove_whole(problems, engine, verifier, SamplingConfig(n=2), template="plain",
                               problems_per_batch=2, on_verified=verified.append, stream=stream)
         first = next(results)
-        # without streaming: one batch of two problems, nothing more; streaming: the next batch is
-        # generated while the first is verified, and the first is yielded after that
-        assert (first.problem.id, len(engine.calls)) == ("t0", 2 if stream else 1) and sum(verified) >= 4, \
-            (first.problem.id, len(engine.calls), verified)
+        # without streaming: one batch of two problems, generated then verified, nothing more;
+        # streaming: the engine samples on while the verifier checks, and a result comes once
+        # it is verified (timing and overlap: tests/test_whole_stream.py)
+        if stream:
+            assert first.problem.id == "t0" and sum(verified) >= 2, (first.problem.id, verified)
+        else:
+            assert (first.problem.id, len(engine.calls)) == ("t0", 1) and sum(verified) >= 4, \
+                (first.problem.id, len(engine.calls), verified)
         rest = list(results)
     assert [len(prompts) for prompts, _ in engine.calls] == [2, 2, 1], engine.calls
     assert [r.problem.id for r in [first, *rest]] == [p.id for p in problems] and sum(verified) == 10, verified

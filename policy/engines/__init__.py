@@ -7,9 +7,18 @@ heavy library only when this factory asks for it.
 from __future__ import annotations
 
 from policy.config import PolicyConfig
-from policy.engines.base import Completion, GenerationEngine, Prompt, PromptResult, WeightsSource
+from policy.engines.base import (
+    Completion,
+    GenerationEngine,
+    Prompt,
+    PromptResult,
+    WeightsSource,
+    in_prompt_order,
+    results_as_finished,
+)
 
-__all__ = ["Completion", "GenerationEngine", "Prompt", "PromptResult", "WeightsSource", "make_engine"]
+__all__ = ["Completion", "GenerationEngine", "Prompt", "PromptResult", "WeightsSource", "in_prompt_order",
+           "make_engine", "results_as_finished"]
 
 
 def make_engine(config: PolicyConfig) -> GenerationEngine:

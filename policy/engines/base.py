@@ -11,17 +11,21 @@ Conventions shared by the implementations (vLLM's, which the transformers engine
 - a completion ends at the end-of-sequence token (kept in `token_ids`, dropped from `text`),
   at a stop string (the tokens that produced it are kept, `text` ends just before it), or at
   `max_tokens` / the context length (`finish_reason` "length"); "stop" otherwise.
+
+`generate_iter` hands out each prompt's result as soon as all its `n` completions are done (vLLM
+finishes short requests while long ones still run), so a caller can verify or score the first
+answers while the engine samples the rest; `generate` is the same results in prompt order.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from torch import Tensor
 
@@ -68,6 +72,13 @@ class GenerationEngine(Protocol):
         used as given (`prompt_token_ids` equals it; nothing is added)."""
         ...
 
+    def generate_iter(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> Iterator[tuple[int, PromptResult]]:
+        """`generate`'s results as (index into `prompts`, result) in the order the prompts
+        finish, each as soon as its `n` completions are done: the same results as `generate`
+        (same seeds), only sooner. Run it to the end (or close it) before the next call on this
+        engine. This default yields `generate`'s results in prompt order, once all are done."""
+        yield from enumerate(self.generate(prompts, sampling))
+
     def load_weights(self, weights: WeightsSource) -> None:
         """Replace all weights in the running engine (same architecture and names). Tensors
         are pushed into the running engine without touching the disk where it can take them."""
@@ -82,6 +93,31 @@ class GenerationEngine(Protocol):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def results_as_finished(engine: GenerationEngine, prompts: Sequence[Prompt],
+                        sampling: SamplingConfig) -> Iterator[tuple[int, PromptResult]]:
+    """`engine.generate_iter`, also for an engine that only has `generate` (one that matches
+    the protocol without subclassing it: a Ray actor's proxy, a test double): then its
+    results come in prompt order once all are done."""
+    stream = getattr(engine, "generate_iter", None)
+    if stream is not None:
+        return cast(Iterator[tuple[int, PromptResult]], stream(prompts, sampling))
+    return enumerate(engine.generate(prompts, sampling))
+
+
+def in_prompt_order(finished: Iterable[tuple[int, PromptResult]], count: int) -> list[PromptResult]:
+    """The results of `generate_iter` over `count` prompts, back in prompt order; an error
+    (not a silent gap) when a prompt's result is missing or came twice."""
+    results: list[PromptResult | None] = [None] * count
+    for index, result in finished:
+        if results[index] is not None:
+            raise RuntimeError(f"the engine returned prompt {index}'s result twice")
+        results[index] = result
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"the engine returned no result for prompts {missing[:5]} of {count}")
+    return cast(list[PromptResult], results)
 
 
 def safetensors_files(folder: Path) -> list[Path]:

@@ -8,7 +8,7 @@ under the raw distribution, stop strings cut from the text but their tokens kept
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ from policy.engines.base import (
     PromptResult,
     WeightsSource,
     first_stop,
+    in_prompt_order,
     resolve_dtype,
     staged_weights,
 )
@@ -110,6 +111,11 @@ class HFEngine(GenerationEngine):
         return model
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
+        return in_prompt_order(self.generate_iter(prompts, sampling), len(prompts))
+
+    def generate_iter(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> Iterator[tuple[int, PromptResult]]:
+        """Rows (prompt x sample) are generated in chunks of `hf_batch_size`, in prompt order; a
+        prompt's result is handed on after the chunk that holds its last row."""
         encoded = [list(self.tokenizer(p)["input_ids"]) if isinstance(p, str) else list(p) for p in prompts]
         for prompt_ids in encoded:
             if len(prompt_ids) >= self.config.max_model_len:
@@ -117,20 +123,20 @@ class HFEngine(GenerationEngine):
                     f"prompt of {len(prompt_ids)} tokens leaves no room in max_model_len="
                     f"{self.config.max_model_len}"
                 )
-        # One row per (prompt, sample); rows are generated in chunks of hf_batch_size.
         rows = [p for p in range(len(prompts)) for _ in range(sampling.n)]
         completions: list[list[Completion]] = [[] for _ in prompts]
         size = self.config.hf_batch_size
+        done = 0   # prompts handed on so far
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
             seed = None if sampling.seed is None else sampling.seed + start
             for p, completion in zip(chunk, self._generate_rows([encoded[p] for p in chunk], sampling, seed), strict=True):
                 completions[p].append(completion)
-        return [
-            PromptResult(prompt=prompt if isinstance(prompt, str) else "", prompt_token_ids=tuple(ids),
-                         completions=tuple(done))
-            for prompt, ids, done in zip(prompts, encoded, completions, strict=True)
-        ]
+            while done < len(prompts) and len(completions[done]) == sampling.n:
+                prompt = prompts[done]
+                yield done, PromptResult(prompt=prompt if isinstance(prompt, str) else "",
+                                         prompt_token_ids=tuple(encoded[done]), completions=tuple(completions[done]))
+                done += 1
 
     @torch.no_grad()
     def _generate_rows(self, rows: list[list[int]], sampling: SamplingConfig, seed: int | None) -> list[Completion]:

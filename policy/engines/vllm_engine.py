@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from vllm import LLM, SamplingParams
+from vllm import LLM, RequestOutput, SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.logprobs import SampleLogprobs
 from vllm.platforms import current_platform
@@ -44,6 +44,7 @@ from policy.engines.base import (
     Prompt,
     PromptResult,
     WeightsSource,
+    in_prompt_order,
     resolve_dtype,
     staged_weights,
 )
@@ -199,6 +200,31 @@ def _sampled_token_logprobs(token_ids: Sequence[int], steps: SampleLogprobs | No
     return tuple(logprobs)
 
 
+def _external_id(request_id: str) -> str:
+    """The id a `RequestOutput` carries for the request `LLMEngine.add_request` (and so
+    `LLM.enqueue`) returned `request_id` for: vLLM 0.32's `InputProcessor.assign_request_id`
+    makes the internal id `"{external}-{8 random hex digits}"` (the external one alone with
+    VLLM_DISABLE_REQUEST_ID_RANDOMIZATION); `LLM`'s external ids are counters, without '-'."""
+    return request_id.rsplit("-", 1)[0]
+
+
+def _prompt_result(prompt: Prompt, out: RequestOutput) -> PromptResult:
+    """One finished vLLM request as the `PromptResult` `GenerationEngine` promises."""
+    return PromptResult(
+        prompt=prompt if isinstance(prompt, str) else "",
+        prompt_token_ids=tuple(out.prompt_token_ids or ()),
+        completions=tuple(
+            Completion(
+                text=c.text,
+                token_ids=tuple(c.token_ids),
+                logprobs=_sampled_token_logprobs(c.token_ids, c.logprobs),
+                finish_reason=str(c.finish_reason or "length"),
+            )
+            for c in out.outputs
+        ),
+    )
+
+
 class VLLMEngine(GenerationEngine):
     """vLLM engine over one checkpoint folder (config.json, safetensors, tokenizer files)."""
 
@@ -237,6 +263,14 @@ class VLLMEngine(GenerationEngine):
         return self._llm
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[PromptResult]:
+        return in_prompt_order(self.generate_iter(prompts, sampling), len(prompts))
+
+    def generate_iter(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> Iterator[tuple[int, PromptResult]]:
+        """Each prompt's result as its request finishes. The requests are built by `LLM.enqueue`,
+        the very code `LLM.generate` adds its requests with (rendering, final-output-only
+        requests, ids), and the engine is stepped as `LLM.generate`'s own loop does
+        (`LLMEngine.step` until nothing is unfinished); only the finished outputs are handed on
+        at once instead of sorted at the end. Closing the iterator early aborts what is left."""
         def params(seed: int | None) -> SamplingParams:
             return SamplingParams(
                 n=sampling.n,
@@ -256,24 +290,32 @@ class VLLMEngine(GenerationEngine):
         per_prompt: SamplingParams | list[SamplingParams] = (
             params(None) if sampling.seed is None
             else [params((sampling.seed + i * sampling.n) % 2**63) for i in range(len(prompts))])
+        if not prompts:
+            return
         inputs = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        outputs = self.llm.generate(inputs, per_prompt, use_tqdm=False)
-        return [
-            PromptResult(
-                prompt=prompt if isinstance(prompt, str) else "",
-                prompt_token_ids=tuple(out.prompt_token_ids or ()),
-                completions=tuple(
-                    Completion(
-                        text=c.text,
-                        token_ids=tuple(c.token_ids),
-                        logprobs=_sampled_token_logprobs(c.token_ids, c.logprobs),
-                        finish_reason=str(c.finish_reason or "length"),
-                    )
-                    for c in out.outputs
-                ),
-            )
-            for prompt, out in zip(prompts, outputs, strict=True)
-        ]
+        engine = self.llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("the vLLM engine still runs requests of an unfinished call: finish or close "
+                               "a generate_iter before the next call")
+        internal = self.llm.enqueue(inputs, per_prompt, use_tqdm=False)
+        index = {_external_id(request_id): i for i, request_id in enumerate(internal)}
+        if len(index) != len(prompts):
+            engine.abort_request(internal, internal=True)
+            raise RuntimeError(f"vLLM request ids {internal[:3]}... do not name {len(prompts)} distinct requests")
+        unfinished = dict(zip(index, internal, strict=True))
+        try:
+            while unfinished:
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    if not isinstance(out, RequestOutput) or out.request_id not in index:
+                        raise RuntimeError(f"vLLM finished request {out.request_id!r}, which this call did not add")
+                    del unfinished[out.request_id]
+                    i = index[out.request_id]
+                    yield i, _prompt_result(prompts[i], out)
+        finally:
+            if unfinished:   # closed early (or failed): nothing of this call may run on into the next
+                engine.abort_request(list(unfinished.values()), internal=True)
 
     def load_weights(self, weights: WeightsSource) -> None:
         if isinstance(weights, Mapping):

@@ -121,6 +121,27 @@ def test_hf_seed_reproduces_across_chunks(llama_dir: Path) -> None:
     assert all(len(set(row)) > 1 for row in ids), f"the n samples of a prompt should differ: {ids}"
 
 
+def test_hf_generate_iter_hands_each_prompt_on_after_its_last_chunk(llama_dir: Path) -> None:
+    """3 prompts x n=2 in chunks of 3 rows ([p0 p0 p1], [p1 p2 p2]): prompt 0 is complete after
+    the first chunk and comes out before the second is generated; the results are `generate`'s."""
+    config = PolicyConfig(checkpoint=str(llama_dir), engine="transformers", hf_batch_size=3, max_model_len=256)
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=6, seed=4)
+    with make_engine(config) as engine:
+        chunks = 0
+        generate_rows = engine._generate_rows  # type: ignore[attr-defined]
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal chunks
+            chunks += 1
+            return generate_rows(*args, **kwargs)
+
+        engine._generate_rows = counted  # type: ignore[attr-defined]
+        seen = [(i, chunks) for i, _ in engine.generate_iter(PROMPTS, sampling)]
+        assert seen == [(0, 1), (1, 2), (2, 2)], f"(prompt, chunks generated when it came out): {seen}"
+        streamed = [r for _, r in engine.generate_iter(PROMPTS, sampling)]
+        assert streamed == engine.generate(PROMPTS, sampling), "generate_iter and generate disagree"
+
+
 def test_hf_stop_string_cuts_text_keeps_tokens(hf_llama) -> None:
     full = hf_llama.generate(PROMPTS[:1], GREEDY)[0].completions[0]
     stop = hf_llama.tokenizer.decode(full.token_ids[4:6])
@@ -369,6 +390,56 @@ def test_vllm_load_weights_changes_and_restores_outputs(
     vllm_engine.load_weights(folder)
     restored = greedy(vllm_engine)
     assert restored == original, f"reloading the original weights did not restore outputs:\n{restored}\n{original}"
+
+
+@pytest.mark.slow
+def test_vllm_generate_iter_gives_generates_results(vllm_engine, peaked_state) -> None:
+    """Seeded sampling, n=2, text and token-id prompts: `generate_iter`'s results, put back in
+    prompt order, are `generate`'s (same requests, same per-prompt seeds, same result shape)."""
+    vllm_engine.load_weights(peaked_state)
+    ids = list(vllm_engine.generate(PROMPTS[:1], GREEDY)[0].prompt_token_ids)
+    prompts = [*PROMPTS, ids]
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=12, seed=3)
+    whole = vllm_engine.generate(prompts, sampling)
+    streamed = list(vllm_engine.generate_iter(prompts, sampling))
+    assert sorted(i for i, _ in streamed) == list(range(len(prompts))), [i for i, _ in streamed]
+    in_order = [r for _, r in sorted(streamed, key=lambda item: item[0])]
+    for got, want in zip(in_order, whole, strict=True):
+        assert got == want, f"generate_iter {got}\n!= generate {want}"
+    assert whole[-1].prompt == "" and list(whole[-1].prompt_token_ids) == ids, whole[-1]
+
+
+@pytest.mark.slow
+def test_vllm_generate_iter_hands_on_a_finished_prompt_while_others_run(vllm_engine, peaked_state) -> None:
+    """Greedy, one call of two prompts: a stop string that prompt `a`'s answer meets early and
+    prompt `b`'s never does. `a` (given second) comes out first, while `b` is still running."""
+    vllm_engine.load_weights(peaked_state)
+    long = GREEDY.model_copy(update={"max_tokens": 32})
+    texts = [r.completions[0] for r in vllm_engine.generate(PROMPTS, long)]
+    pick = next(((a, b, texts[a].text[pos:pos + 2]) for a in range(len(PROMPTS)) for b in range(len(PROMPTS))
+                 if a != b and texts[b].finish_reason == "length"
+                 for pos in range(1, len(texts[a].text) // 3)
+                 if texts[a].text[pos:pos + 2].strip() and texts[a].text[pos:pos + 2] not in texts[b].text), None)
+    assert pick is not None, f"no stop string separates the greedy answers {[t.text for t in texts]}"
+    a, b, stop = pick
+    order, running = [], []
+    for i, result in vllm_engine.generate_iter([PROMPTS[b], PROMPTS[a]], long.model_copy(update={"stop": [stop]})):
+        order.append((i, result.completions[0].finish_reason))
+        running.append(vllm_engine.llm.llm_engine.has_unfinished_requests())
+    assert order == [(1, "stop"), (0, "length")], f"stop {stop!r}: (index, finish) in arrival order {order}"
+    assert running == [True, False], f"was the long prompt still running when the short one came out? {running}"
+
+
+@pytest.mark.slow
+def test_vllm_generate_iter_closed_early_leaves_nothing_running(vllm_engine, peaked_state) -> None:
+    vllm_engine.load_weights(peaked_state)
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=24, seed=1)
+    stream = vllm_engine.generate_iter(PROMPTS, sampling)
+    next(stream)
+    stream.close()
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests(), "closing the stream left requests running"
+    again = vllm_engine.generate(PROMPTS, sampling)
+    assert [len(r.completions) for r in again] == [2, 2, 2], again
 
 
 def _eos_always(state: dict[str, torch.Tensor], eos_id: int) -> dict[str, torch.Tensor]:
