@@ -8,6 +8,7 @@ top tokens are far apart.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -392,6 +393,10 @@ def test_vllm_load_weights_changes_and_restores_outputs(
     assert restored == original, f"reloading the original weights did not restore outputs:\n{restored}\n{original}"
 
 
+def _without_logprobs(result: PromptResult) -> PromptResult:
+    return dataclasses.replace(result, completions=tuple(dataclasses.replace(c, logprobs=()) for c in result.completions))
+
+
 @pytest.mark.slow
 def test_vllm_generate_iter_gives_generates_results(vllm_engine, peaked_state) -> None:
     """Seeded sampling, n=2, text and token-id prompts: `generate_iter`'s results, put back in
@@ -405,7 +410,11 @@ def test_vllm_generate_iter_gives_generates_results(vllm_engine, peaked_state) -
     assert sorted(i for i, _ in streamed) == list(range(len(prompts))), [i for i, _ in streamed]
     in_order = [r for _, r in sorted(streamed, key=lambda item: item[0])]
     for got, want in zip(in_order, whole, strict=True):
-        assert got == want, f"generate_iter {got}\n!= generate {want}"
+        # The tokens are the same; a logprob may differ in its last float32 digits, because the two
+        # calls batch the requests differently (seen: 1.2e-7 apart on a clean CI clone).
+        assert _without_logprobs(got) == _without_logprobs(want), f"generate_iter {got}\n!= generate {want}"
+        for a, b in zip(got.completions, want.completions, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4), (a.logprobs, b.logprobs)
     assert whole[-1].prompt == "" and list(whole[-1].prompt_token_ids) == ids, whole[-1]
 
 
