@@ -23,18 +23,23 @@ def _gates(model: nn.Module) -> list[Gate]:
 
 
 def expert_load(model: nn.Module) -> Tensor:
-    """Tokens routed to each expert since the last update: (n_moe_layers, E) float32."""
+    """Tokens routed to each expert since the last update: (n_moe_layers, E) float32, summed
+    over the ranks under torch.distributed (collective then: every rank calls it)."""
     gates = _gates(model)
     if not gates:
         return torch.zeros(0, 0)
-    return torch.stack([g.tokens_per_expert for g in gates])
+    load = torch.stack([g.tokens_per_expert for g in gates])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(load)
+    return load
 
 
 def max_violation(load: Tensor) -> Tensor:
     """MaxVio per layer (Wang et al.): max_i load_i / mean(load) - 1; 0 = perfectly balanced.
-    load (L, E) -> (L,)."""
-    mean = load.mean(dim=-1)
-    return load.max(dim=-1).values / mean.clamp(min=1e-9) - 1
+    load (L, E) -> (L',): the layers that saw tokens (MaxVio is undefined for the others, such
+    as the MTP layers in an RL step, which never run)."""
+    load = load[load.sum(dim=-1) > 0]
+    return load.max(dim=-1).values / load.mean(dim=-1) - 1
 
 
 @torch.no_grad()
@@ -51,9 +56,7 @@ def update_expert_bias(model: nn.Module, gamma: float | None = None) -> Tensor:
         if not isinstance(model, Transformer):
             raise ValueError("gamma is required when the model is not a policy Transformer")
         gamma = model.args.bias_update_speed
-    load = torch.stack([g.tokens_per_expert for g in gates])  # (L, E)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(load)
+    load = expert_load(model)  # (L, E), every rank's tokens
     seen = load.sum(dim=-1, keepdim=True) > 0
     step = gamma * torch.sign(load.mean(dim=-1, keepdim=True) - load) * seen
     for gate, delta in zip(gates, step, strict=True):

@@ -30,7 +30,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -48,12 +50,12 @@ _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-def _distributed() -> bool:
+def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
 
 
 @contextmanager
@@ -65,8 +67,8 @@ def _quiet_single_process() -> Iterator[None]:
         yield
 
 
-def _barrier() -> None:
-    if _distributed():
+def barrier() -> None:
+    if is_distributed():
         dist.barrier()
 
 
@@ -111,20 +113,20 @@ def save_sharded(
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
-    if _rank() == 0:
+    if rank() == 0:
         (out / DCP_DIR).mkdir(parents=True, exist_ok=True)
         extra = _copy_side_files(Path(source), out) if source is not None else {}
         config = hf_config(args, **extra)
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    _barrier()
+    barrier()
     with _quiet_single_process():
-        dcp.save(state, checkpoint_id=out / DCP_DIR, no_dist=not _distributed())
-    if _rank() == 0:
-        world = dist.get_world_size() if _distributed() else 1
+        dcp.save(state, checkpoint_id=out / DCP_DIR, no_dist=not is_distributed())
+    if rank() == 0:
+        world = dist.get_world_size() if is_distributed() else 1
         trainer = {"step": step, "world_size": world, **(mesh_info or {})}
         # written last: a folder with trainer_state.json is complete
         (out / TRAINER_STATE).write_text(json.dumps(trainer, indent=2) + "\n")
-    _barrier()
+    barrier()
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:
@@ -168,12 +170,48 @@ def load_sharded(
         assert optimizer is not None
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     with _quiet_single_process():
-        dcp.load(state, checkpoint_id=path / DCP_DIR, no_dist=not _distributed())
+        dcp.load(state, checkpoint_id=path / DCP_DIR, no_dist=not is_distributed())
     set_model_state_dict(model, state["model"])
     if with_optim:
         assert optimizer is not None
         set_optimizer_state_dict(model, optimizer, state["optim"])
     return trainer
+
+
+def gathered_model(model: nn.Module) -> Transformer | None:
+    """The whole of a sharded `model` as an unsharded float32 `Transformer` on rank 0's CPU
+    (None on the other ranks), collectively: every rank calls it. What a sharded learner saves
+    in HF format and pushes to the rollout engines. Needs the full model's memory on rank 0."""
+    args = _model_args(model)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank() != 0:
+        return None
+    with torch.device("meta"):
+        whole = Transformer(args)
+    whole.to_empty(device="cpu")
+    tensors = {k: v for k, v in full.items() if isinstance(v, torch.Tensor)}
+    whole.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    whole.reset_buffers()
+    return whole
+
+
+def save_optimizer(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write `optimizer`'s state (of `model`, sharded or not) as a DCP folder at `path`,
+    collectively; the files describe full tensors, so any mesh (or one process) loads them."""
+    with _quiet_single_process():
+        dcp.save({"optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=Path(path),
+                 no_dist=not is_distributed())
+
+
+def load_optimizer(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load what `save_optimizer` wrote into `optimizer`, resharded to `model`'s mesh; collectively.
+    Parameters the saved optimizer never stepped (no gradient yet: the MTP layers in RL) have
+    no state there and start from zero moments, as they would have."""
+    state = {"optim": get_optimizer_state_dict(model, optimizer)}
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=Path(path), no_dist=not is_distributed(),
+                 planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_optimizer_state_dict(model, optimizer, state["optim"])
 
 
 def sharded_to_hf(path: Path, out: Path, *, dtype: torch.dtype | None = torch.bfloat16) -> None:

@@ -180,8 +180,11 @@ def apply_fsdp(model: Transformer, mesh: ParallelMesh, config: ShardingConfig) -
     for mtp in model.mtp:
         shard(mtp, mesh.dense, config.reshard_after_forward)
     shard(model, mesh.dense, reshard=False)
-    # training calls `model.loss`, not forward: the root gathers its parameters for it too
+    # training calls `model.loss`, and the RL learner `model.trunk` (then reads lm_head.weight,
+    # still gathered: the root does not reshard after forward), not forward: the root gathers
+    # its parameters for those too
     register_fsdp_forward_method(model, "loss")
+    register_fsdp_forward_method(model, "trunk")
 
 
 def parallelize(

@@ -348,6 +348,14 @@ class LearnerConfig(ShardingConfig):
     (policy/mesh.py; applied by policy/parallelize.py). One process: no sharding at all.
     Checked against the world size and the model when the learner starts."""
 
+    ranks: int = Field(
+        1, ge=1,
+        description="Learner processes `prover train` starts, as Ray actors (fleet.actor_gpus each): "
+        "they form one process group (NCCL on GPUs, gloo on CPUs), shard the policy as dp_shard and ep "
+        "say, and each trains on 1/ranks of every mini-batch. 1: one device, no process group. "
+        "(torchrun sets its own world size.)",
+    )
+
 
 class BenchmarkConfig(BaseModel):
     """pass@k on a suite, reported so others can reproduce it (samples per problem:
@@ -537,12 +545,14 @@ def check_grpo_run(config: ProverConfig) -> None:
             "group size must be >= 2"
         )
     batch = prompts * n
-    minis, micro = config.grpo.mini_batches, config.training.micro_batch_size
-    if batch % (minis * micro):
+    minis, micro, ranks = config.grpo.mini_batches, config.training.micro_batch_size, config.learner.ranks
+    if batch % (minis * micro * ranks):
+        over = f" over learner.ranks = {ranks}" if ranks > 1 else ""
+        product = f"{minis} x {micro}" + (f" x {ranks}" if ranks > 1 else "")
         raise ConfigError(
             f"rollout.prompts_per_step x policy.sampling.n = {prompts} x {n} = {batch} sequences do not "
             f"split into grpo.mini_batches = {minis} mini-batches of whole micro-batches of "
-            f"training.micro_batch_size = {micro} ({minis} x {micro} = {minis * micro} must divide {batch})"
+            f"training.micro_batch_size = {micro}{over} ({product} = {minis * micro * ranks} must divide {batch})"
         )
 
 

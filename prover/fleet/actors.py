@@ -16,7 +16,9 @@ into generate / verify / learn / weight sync / idle. `ping` runs in its own conc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -184,15 +186,40 @@ def _regroup(e: Episode, first_group: int, version: int) -> Episode:
 
 
 class LearnerWorker:
-    """The learner `factory()` builds, and its version (optimizer steps taken)."""
+    """One rank of the learner: the learner `factory()` builds, and its version (optimizer
+    steps taken). With several ranks (`learner.ranks`), `start` first joins their process group
+    (rank 0's `rendezvous` address), so the learner the factory builds can shard itself."""
 
-    def __init__(self, factory: Callable[[], Learner]) -> None:
-        self.learner = factory()
-        self.version = int(getattr(self.learner, "version", 0))   # a resumed learner knows its step
+    def __init__(self, factory: Callable[[], Learner], rank: int = 0, world: int = 1) -> None:
+        self.factory, self.rank, self.world = factory, rank, world
+        self.learner: Any = None
+        self.version = 0
+        self._group = contextlib.ExitStack()
 
     @ray.method(concurrency_group=HEALTH)
     def ping(self) -> int:
         return os.getpid()
+
+    def rendezvous(self) -> tuple[str, int]:
+        """This node's address and a free port on it: where rank 0 hosts the process group."""
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def start(self, address: tuple[str, int] | None = None) -> int:
+        """Join the learner's process group (several ranks), then build the learner; its version."""
+        if self.world > 1:
+            from policy.launch import process_group
+
+            if address is None:
+                raise ValueError(f"learner rank {self.rank} of {self.world} needs rank 0's address")
+            host, port = address
+            self._group.enter_context(process_group(rank=self.rank, world_size=self.world,
+                                                    master_addr=host, master_port=port))
+        self.learner = self.factory()
+        self.version = int(getattr(self.learner, "version", 0))   # a resumed learner knows its step
+        return self.version
 
     def step(self, episodes: Sequence[Episode]) -> tuple[dict[str, float], float, int]:
         """One learner step: (metrics, seconds, the new version)."""
@@ -202,6 +229,7 @@ class LearnerWorker:
         return metrics, time.perf_counter() - t0, self.version
 
     def weights(self) -> Mapping[str, Tensor]:
+        """The current weights; with several ranks every rank takes part and rank 0 returns them."""
         return self.learner.weights()
 
     def current_version(self) -> int:
@@ -214,3 +242,6 @@ class LearnerWorker:
     def load(self, path: str, version: int) -> None:
         self.learner.load(Path(path))
         self.version = version
+
+    def close(self) -> None:
+        self._group.close()

@@ -42,8 +42,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from prover.config import ProverConfig
-from prover.fleet.actors import Learner, LearnerWorker, RolloutWorker, VerifierWorker
-from prover.fleet.supervisor import ActorPool, reap_recorded, record_processes, remote_class
+from prover.fleet.actors import Learner, RolloutWorker, VerifierWorker
+from prover.fleet.learner_group import LearnerGroup
+from prover.fleet.supervisor import ActorPool, reap_recorded, record_processes
 from prover.problems import Problem
 from prover.rl.episodes import Episode
 from prover.rl.rewards import fill_informative
@@ -116,7 +117,7 @@ class Fleet:
         self._owns_ray = False
         self.rollouts: ActorPool | None = None
         self.verifiers: ActorPool | None = None
-        self.learner: Any = None
+        self.learner: LearnerGroup | None = None
         self.retried_shards = 0
 
     def __enter__(self) -> Fleet:
@@ -139,7 +140,7 @@ class Fleet:
                                        (self.config.verifier, policy, rollout, self.config.grpo),
                                        fleet.verifier_workers, options=cpus, max_restarts=fleet.max_restarts)
             if self.learner_factory is not None:
-                self.learner = remote_class(LearnerWorker).options(**engine).remote(self.learner_factory)
+                self.learner = LearnerGroup(self.learner_factory, self.config.learner.ranks, options=engine)
             self.record()
         except BaseException:
             self.__exit__(None, None, None)
@@ -151,7 +152,7 @@ class Fleet:
             if pool is not None:
                 pool.close()
         if self.learner is not None:
-            ray.kill(self.learner, no_restart=True)
+            self.learner.kill()
             self.learner = None
         if self._owns_ray:
             ray.shutdown()
@@ -294,12 +295,12 @@ class Fleet:
             batch, dynamic = ready if ready is not None else self.gather(upcoming, refill)
             ready = None
             used = fresh(batch.episodes, self.version, bound)
-            learning = self.learner.step.remote(used)
+            learning = self.learner.step(used)
             upcoming = next(queue, None)
             if asynchronous and upcoming is not None:   # overlaps with the learner's step
                 ready = self.gather(upcoming, refill)
             metrics, learn_s, version = ray.get(learning)
-            sync_s = max(ray.get(self.push_weights(self.learner.weights.remote(), version, wait=False)),
+            sync_s = max(ray.get(self.push_weights(self.learner.weights(), version, wait=False)),
                          default=0.0)
             wall = time.perf_counter() - t0
             versions: dict[int, int] = {}

@@ -4,9 +4,11 @@ A run folder keeps its checkpoints under `checkpoints/step-00000100/`. Each one 
 Hugging Face model folder (config.json, safetensors weights, generation config, tokenizer) that
 vLLM, transformers and `prover bench --model DIR` load as they are, plus what resuming needs:
 
-    trainer/optimizer.pt   optimizer state_dict (AdamW moments)
+    trainer/optimizer.pt   optimizer state_dict (AdamW moments); a learner sharded over
+                           several ranks writes trainer/optimizer/ instead (DCP: every rank its
+                           shards, full tensors described, so any rank count resumes it)
     trainer/scheduler.pt   LR scheduler state_dict
-    trainer/rng.pt         torch (CPU and CUDA) and Python RNG states
+    trainer/rng.pt         torch (CPU and CUDA) and Python RNG states (rng-R.pt: rank R > 0)
     trainer/state.json     step, data cursor, counters (written last)
     config.resolved.toml   the run's resolved config (re-runs it: `prover --config ...`)
 
@@ -17,6 +19,10 @@ Atomicity: a checkpoint is written into a hidden `.step-....tmp` folder and rena
 once everything is on disk; a process killed mid-write (kill -9) leaves only the hidden folder,
 which is never read and is removed by the next save. So `latest()` is always a complete
 checkpoint. After a new checkpoint is in place, all but the newest `keep_last` are removed.
+
+Sharded learners (a process group is up, `policy.parallelize`): `save` and `restore` are then
+collective, every rank calls them; rank 0 writes the gathered weights and the rest, every rank
+its optimizer shards and RNG, and rank 0 renames the folder once all have written.
 
     ckpt = Checkpointer(run_dir, keep_last=2)
     if (path := ckpt.latest()) is not None:
@@ -47,6 +53,7 @@ if TYPE_CHECKING:
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_DIR = "trainer"
 STATE_NAME = "state.json"
+OPTIMIZER_SHARDS = "optimizer"   # trainer/optimizer/: a sharded learner's optimizer (DCP)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -150,42 +157,79 @@ class Checkpointer:
              cursor: dict[str, Any], config: ProverConfig | None = None, tokenizer: Any = None,
              counters: dict[str, Any] | None = None) -> Path:
         """Write the checkpoint of `step` atomically (hidden folder, then one rename), then keep
-        only the newest `keep_last`. Returns its folder."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        only the newest `keep_last`. Returns its folder. Collective for a sharded `model`."""
+        from policy.distributed_checkpoint import (
+            barrier,
+            gathered_model,
+            is_distributed,
+            rank,
+            save_optimizer,
+        )
+
+        sharded, me = is_distributed(), rank()
         final = self.root / checkpoint_name(step)
         tmp = self.root / f".{final.name}.tmp"
-        for stale in self.root.glob(".step-*.tmp"):   # left by a killed save
-            shutil.rmtree(stale, ignore_errors=True)
-        save_model(model, tmp, tokenizer)
         trainer = tmp / TRAINER_DIR
-        trainer.mkdir()
-        torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
-        torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
-        torch.save(_rng_state(), trainer / "rng.pt")
-        if config is not None:
-            from prover.config import write_resolved_config
+        if me == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".step-*.tmp"):   # left by a killed save
+                shutil.rmtree(stale, ignore_errors=True)
+            trainer.mkdir(parents=True)
+        barrier()
+        whole = gathered_model(model) if sharded else model
+        if whole is not None:
+            save_model(whole, tmp, tokenizer)
+        if sharded:
+            save_optimizer(trainer / OPTIMIZER_SHARDS, model, optimizer)
+        else:
+            torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
+        torch.save(_rng_state(), trainer / _rng_name(me))
+        barrier()
+        if me == 0:
+            torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
+            if config is not None:
+                from prover.config import write_resolved_config
 
-            write_resolved_config(config, tmp)
-        state = TrainerState(step=step, cursor=dict(cursor), counters=dict(counters or {}))
-        (trainer / STATE_NAME).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
-        if final.exists():   # the same step saved again (an interrupt right after a save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in self.complete()[:-self.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+                write_resolved_config(config, tmp)
+            state = TrainerState(step=step, cursor=dict(cursor), counters=dict(counters or {}))
+            (trainer / STATE_NAME).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
+            if final.exists():   # the same step saved again (an interrupt right after a save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in self.complete()[:-self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
         return final
 
     def restore(self, folder: Path, *, optimizer: torch.optim.Optimizer, scheduler: Any,
-                map_location: str | torch.device = "cpu") -> TrainerState:
+                map_location: str | torch.device = "cpu", model: nn.Module | None = None) -> TrainerState:
         """Load the optimizer, scheduler and RNG states of checkpoint `folder` (the weights are
-        `load_model(folder)`'s) and return its TrainerState."""
+        `load_model(folder)`'s) and return its TrainerState. An optimizer a sharded learner wrote
+        (trainer/optimizer/) needs `model`, and loads on any number of ranks, one included;
+        collective when sharded."""
+        from policy.distributed_checkpoint import is_distributed, load_optimizer, rank
+
         trainer = Path(folder) / TRAINER_DIR
-        optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", map_location=map_location, weights_only=True))
+        if (trainer / OPTIMIZER_SHARDS).is_dir():
+            if model is None:
+                raise ValueError(f"{folder}: its optimizer was written by a sharded learner; restore needs the model")
+            load_optimizer(trainer / OPTIMIZER_SHARDS, model, optimizer)
+        elif is_distributed():
+            raise ValueError(f"{folder}: its optimizer state was written by a learner on one device and cannot be "
+                             "split over several ranks; continue it with learner.ranks = 1")
+        else:
+            optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", map_location=map_location,
+                                                 weights_only=True))
         scheduler.load_state_dict(torch.load(trainer / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(trainer / "rng.pt", weights_only=False))
+        own = trainer / _rng_name(rank())
+        _set_rng_state(torch.load(own if own.is_file() else trainer / _rng_name(0), weights_only=False))
         raw = json.loads((trainer / STATE_NAME).read_text(encoding="utf-8"))
         return TrainerState(step=int(raw["step"]), cursor=dict(raw.get("cursor", {})),
                             counters=dict(raw.get("counters", {})))
+
+
+def _rng_name(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
 
 
 def prepare_training_dir(out: Path, config: ProverConfig, *, force: bool = False) -> bool:

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from policy.balancing import expert_load, max_violation, register_bias_update_hook
 from policy.checkpoint import checkpoint_tensors
-from policy.model import MoE, Transformer
+from policy.distributed_checkpoint import gathered_model, is_distributed
+from policy.launch import clip_grad_norm
+from policy.model import Gate, MoE, Transformer
 from policy.routing_replay import replay_routing
 from prover.config import GRPOConfig
 from prover.rl.episodes import Episode
@@ -58,6 +61,30 @@ class _Batch:
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+    def without_loss(self) -> _Batch:
+        """The same rows with an all-zero loss mask: a forward and backward that add nothing."""
+        return _Batch(self.tokens, self.attention, torch.zeros_like(self.mask), self.rollout_logp, self.advantages,
+                      self.routed)
+
+
+@contextmanager
+def _uncounted(model: nn.Module) -> Iterator[None]:
+    """The MoE gates' token counts (the balancing bias's input) as they were before the block."""
+    gates = [m for m in model.modules() if isinstance(m, Gate)]
+    saved = [g.tokens_per_expert.clone() for g in gates]
+    try:
+        yield
+    finally:
+        for gate, counts in zip(gates, saved, strict=True):
+            gate.tokens_per_expert.copy_(counts)
+
+
+def _sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    names = sorted(values)
+    tensor = torch.tensor([values[k] for k in names], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(names, tensor.tolist(), strict=True))
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -104,6 +131,10 @@ class Learner:
         self._bias_hook = register_bias_update_hook(self.optimizer, model) if self.is_moe else None
         self.steps_done = 0
         self.device = next(model.parameters()).device
+        # A sharded learner (policy.parallelize under a process group): each rank trains on its
+        # share of every mini-batch, and FSDP averages the gradients over the ranks.
+        self.world = dist.get_world_size() if is_distributed() else 1
+        self.rank = dist.get_rank() if is_distributed() else 0
 
     # --- batching -----------------------------------------------------------------------------
 
@@ -170,21 +201,37 @@ class Learner:
                                      chunk_tokens=self.config.logprob_chunk_tokens, entropy=entropy)
 
     @torch.no_grad()
-    def _frozen_logprobs(self, model: nn.Module, batch: _Batch) -> Tensor:
+    def _frozen_logprobs(self, model: nn.Module, pieces: Sequence[_Batch]) -> list[Tensor]:
         """Log-probs without gradient, micro-batch by micro-batch, in eval mode (no expert counts)."""
         was_training = model.training
         model.eval()
         try:
-            parts = [self._logprobs(model, batch.rows(slice(s, s + self.micro_batch_size))).logprobs
-                     for s in range(0, len(batch), self.micro_batch_size)]
+            return [self._logprobs(model, piece).logprobs for piece in pieces]
         finally:
             model.train(was_training)
-        return torch.cat(parts)
+
+    def _micro_batches(self, mini_batch: _Batch) -> tuple[list[_Batch], int]:
+        """This rank's micro-batches of a mini-batch, and how many of them (at the end) are padding.
+
+        One device: the whole mini-batch in `micro_batch_size` rows. Sharded: rank r takes rows
+        r*P .. r*P+P-1 (P = ceil(rows / ranks)); a rank with fewer rows adds one-row micro-batches
+        that add nothing (no loss, their expert counts undone), so every rank makes the same
+        number of forwards and backwards (the collectives of a sharded model)."""
+        size = self.micro_batch_size
+        if self.world == 1:
+            return [mini_batch.rows(slice(s, s + size)) for s in range(0, len(mini_batch), size)], 0
+        per = -(-len(mini_batch) // self.world)
+        mine = mini_batch.rows(slice(self.rank * per, (self.rank + 1) * per))
+        pieces = [mine.rows(slice(s, s + size)) for s in range(0, len(mine), size)]
+        pad = -(-per // size) - len(pieces)
+        return pieces + [mini_batch.rows(slice(0, 1)).without_loss()] * pad, pad
 
     # --- the step -----------------------------------------------------------------------------
 
     def step(self, episodes: Sequence[Episode]) -> dict[str, float]:
-        """One rollout batch -> `grpo.mini_batches` optimizer steps. Returns metrics (floats)."""
+        """One rollout batch -> `grpo.mini_batches` optimizer steps. Returns metrics (floats).
+        Sharded: every rank is given all the episodes (the advantages and the loss normalisers
+        are the whole batch's) and trains on its share of each mini-batch."""
         if not episodes:
             raise ValueError("no episodes to learn from")
         cfg = self.config
@@ -194,58 +241,65 @@ class Learner:
         if n % cfg.mini_batches:
             raise ValueError(f"{n} episodes do not split into grpo.mini_batches = {cfg.mini_batches}")
         self.model.train()
-        old_logp = self._frozen_logprobs(self.model, batch) if cfg.mini_batches > 1 else None
-        ref_logp = self._frozen_logprobs(self.reference, batch) if self.reference is not None else None
+        mini = n // cfg.mini_batches
+        minis = [batch.rows(slice(m * mini, (m + 1) * mini)) for m in range(cfg.mini_batches)]
+        pieces = [self._micro_batches(b) for b in minis]
+        old_logps = [self._frozen_logprobs(self.model, p) for p, _ in pieces] if cfg.mini_batches > 1 else None
+        ref_logps = ([self._frozen_logprobs(self.reference, p) for p, _ in pieces]
+                     if self.reference is not None else None)
 
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {}    # summed over the ranks at the end
         weights: dict[str, float] = {}
+        shared: dict[str, list[float]] = {}   # the same on every rank (global norms, expert load)
 
         def record(name: str, value: Tensor | float, weight: float = 1.0) -> None:
             totals[name] = totals.get(name, 0.0) + float(value) * weight
             weights[name] = weights.get(name, 0.0) + weight
 
-        mini = n // cfg.mini_batches
-        for m in range(cfg.mini_batches):
-            part = slice(m * mini, (m + 1) * mini)
-            mini_batch = batch.rows(part)
-            n_tokens = float(mini_batch.mask.sum().clamp(min=1))
+        for m, mini_batch in enumerate(minis):
+            micro_batches, padding = pieces[m]
+            n_tokens = float(mini_batch.mask.sum().clamp(min=1))   # the whole mini-batch's, on every rank
             self.optimizer.zero_grad(set_to_none=True)
-            for s in range(0, mini, self.micro_batch_size):
-                rows = slice(s, s + self.micro_batch_size)
-                micro = mini_batch.rows(rows)
-                out = self._logprobs(self.model, micro, entropy=True)
+            for i, micro in enumerate(micro_batches):
+                is_pad = i >= len(micro_batches) - padding
+                with _uncounted(self.model) if is_pad else nullcontext():
+                    out = self._logprobs(self.model, micro, entropy=True)
                 logp = out.logprobs
-                if old_logp is None:
-                    old = logp.detach()
-                else:
-                    old = old_logp[part][rows]
+                old = logp.detach() if old_logps is None else old_logps[m][i]
                 is_weights, is_metrics = rollout_correction(
                     old, micro.rollout_logp, micro.mask, cfg.rollout_correction, cfg.rollout_is_level,
                     threshold=cfg.rollout_is_threshold, threshold_low=cfg.rollout_is_threshold_low,
                 )
                 loss, loss_metrics = grpo_loss(
                     cfg, logp=logp, old_logp=old, advantages=micro.advantages, mask=micro.mask,
-                    is_weights=is_weights, ref_logp=None if ref_logp is None else ref_logp[part][rows],
+                    is_weights=is_weights, ref_logp=None if ref_logps is None else ref_logps[m][i],
                     n_sequences=mini, n_tokens=n_tokens, norm_length=self.max_tokens,
                 )
-                if out.aux_loss is not None:  # sequence-wise balance loss, averaged over micro-batches
+                if out.aux_loss is not None and not is_pad:  # sequence-wise balance loss, averaged over micro-batches
                     loss = loss + out.aux_loss * len(micro) / mini
-                loss.backward()
+                # The loss is this rank's part of a sum normalised by the whole mini-batch, and the
+                # sharded backward averages gradients over ranks: x world makes it their sum.
+                (loss * self.world if self.world > 1 else loss).backward()
                 tokens = float(micro.mask.sum())
                 record("loss", loss.detach())
                 for name, value in {**loss_metrics, **is_metrics}.items():
                     record(name, value, tokens)
                 if out.entropy is not None:
                     record("entropy", (out.entropy * micro.mask).sum() / max(tokens, 1.0), tokens)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            record("grad_norm", grad_norm)
+            # listed now: a sharded root swaps its parameters while gathered (after a forward)
+            grad_norm = clip_grad_norm([p for p in self.model.parameters() if p.requires_grad], self.max_grad_norm)
+            shared.setdefault("grad_norm", []).append(float(grad_norm))
             if self.is_moe:
-                load = expert_load(self.model)
-                violation = max_violation(load)
-                record("expert_maxvio_mean", violation.mean())
-                record("expert_maxvio_max", violation.max())
+                violation = max_violation(expert_load(self.model))   # counts summed over ranks
+                if violation.numel():
+                    shared.setdefault("expert_maxvio_mean", []).append(float(violation.mean()))
+                    shared.setdefault("expert_maxvio_max", []).append(float(violation.max()))
             self.optimizer.step()  # the balancing hook updates the expert bias here
         self.steps_done += 1
+        if self.world > 1:
+            totals, weights = _sum_over_ranks(totals), _sum_over_ranks(weights)
+        for name, values in shared.items():
+            totals[name], weights[name] = sum(values), float(len(values))
 
         metrics = {k: totals[k] / weights[k] if weights[k] else 0.0 for k in totals}
         metrics["loss"] = totals["loss"] / cfg.mini_batches  # sum over micro-batches, mean over steps
@@ -272,7 +326,11 @@ class Learner:
     def export_weights(self) -> dict[str, Tensor]:
         """The policy's weights under the checkpoint's names, for `GenerationEngine.load_weights`
         (policy.engines.base.WeightsSource). Tensors are the live ones (no copy): the fleet moves
-        or serialises them before the next step changes them."""
+        or serialises them before the next step changes them. Sharded: every rank calls it, rank 0
+        gets a gathered copy, the others {}."""
+        if self.world > 1:   # collective: rank 0 gathers the shards, the others return nothing
+            whole = gathered_model(self.model)
+            return {} if whole is None else checkpoint_tensors(whole)
         if isinstance(self.model, Transformer):
             return checkpoint_tensors(self.model)
         return {name: t.detach() for name, t in self.model.state_dict().items()}

@@ -297,9 +297,9 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
                     if mtp_terms:
                         row["mtp_loss"] = sum(mtp_terms)
                     if is_policy:
-                        load = expert_load(model)
-                        if load.numel():
-                            row["expert_max_violation"] = float(max_violation(load).mean())
+                        violation = max_violation(expert_load(model))
+                        if violation.numel():
+                            row["expert_max_violation"] = float(violation.mean())
                     with interrupts_held():   # the step, its counters and its metrics row go together
                         optimizer.step()   # (the balancing hook runs here)
                         scheduler.step()

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from prover.config import ProverConfig, check_grpo_run
+from prover.config import ConfigError, ProverConfig, check_grpo_run
 from prover.errors import UserError
 from prover.problems import Problem, load_problems
 from prover.rl.checkpointing import Checkpointer, prepare_training_dir
@@ -97,6 +97,26 @@ def preflight(config: ProverConfig) -> list[Problem]:
     return training_problems(config)
 
 
+def check_learner_layout(config: ProverConfig, checkpoint: Path) -> None:
+    """With learner.ranks > 1, the policy must be ours (only it shards) and `[learner]`'s mesh
+    must fit the ranks and the model: ConfigError quoting the numbers, before anything starts."""
+    ranks = config.learner.ranks
+    if ranks == 1:
+        return
+    from policy.checkpoint import args_from_hf_config
+    from policy.mesh import check_mesh
+    from prover.rl.checkpointing import is_policy_checkpoint
+
+    if not is_policy_checkpoint(checkpoint):
+        raise ConfigError(f"learner.ranks = {ranks}: only our DeepSeek-V3 policy can be sharded, and {checkpoint} "
+                          "holds another model; use learner.ranks = 1")
+    args = args_from_hf_config(json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
+    try:
+        check_mesh(config.learner, ranks, args)
+    except ValueError as exc:
+        raise ConfigError(f"learner.ranks = {ranks}: {exc}") from None
+
+
 def training_problems(config: ProverConfig) -> list[Problem]:
     if config.rollout.problems is None:
         raise UserError("no problems to train on: set rollout.problems (a suite, a .jsonl/.lean path or "
@@ -128,7 +148,7 @@ class GRPOLearner:
         self.config, self.out = config, out
         device = resolve_device(train.device)
         torch.manual_seed(train.seed)
-        self.model = load_model(start, device)
+        self.model = _sharded(load_model(start, device), config)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.learning_rate, betas=train.adam_betas,
                                            weight_decay=train.weight_decay)
@@ -136,7 +156,7 @@ class GRPOLearner:
         reference = None
         if config.grpo.kl_coef > 0:   # the reference is the model the run began from
             initial = Path(str(config.policy.checkpoint))
-            reference = load_model(initial, device)
+            reference = _sharded(load_model(initial, device), config)
         self.learner = Learner(self.model, config.grpo, learning_rate=train.learning_rate,
                                micro_batch_size=train.micro_batch_size, max_grad_norm=train.max_grad_norm,
                                max_tokens=config.policy.sampling.max_tokens, reference=reference,
@@ -146,7 +166,7 @@ class GRPOLearner:
         self.version = 0
         if resume:
             state = self.checkpoints.restore(start, optimizer=self.optimizer, scheduler=self.scheduler,
-                                             map_location=device)
+                                             map_location=device, model=self.model)
             self.version = state.step
 
     def step(self, episodes: Sequence[Episode]) -> Mapping[str, float]:
@@ -167,8 +187,27 @@ class GRPOLearner:
                               cursor={"step": self.version}, config=self.config, tokenizer=self.tokenizer)
 
     def load(self, path: Path) -> None:
-        state = self.checkpoints.restore(path, optimizer=self.optimizer, scheduler=self.scheduler)
+        state = self.checkpoints.restore(path, optimizer=self.optimizer, scheduler=self.scheduler, model=self.model)
         self.version = state.step
+
+
+def _sharded(model: Any, config: ProverConfig) -> Any:
+    """`model` sharded over the learner's process group as `[learner]` says (FSDP2, expert
+    parallelism: `policy.parallelize`); unchanged on one rank."""
+    from policy.distributed_checkpoint import is_distributed
+
+    if not is_distributed():
+        return model
+    import torch.distributed as dist
+
+    from policy.model import Transformer
+    from policy.parallelize import SpeedConfig, build_mesh, parallelize
+
+    if not isinstance(model, Transformer):
+        raise ValueError(f"learner.ranks = {dist.get_world_size()}: sharding needs our DeepSeek-V3 policy, "
+                         f"not {type(model).__name__}; use learner.ranks = 1")
+    parallelize(model, SpeedConfig(), build_mesh(config.learner, model.args), config.learner)
+    return model
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -186,6 +225,7 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
 
     problems = preflight(config)
     source = resolve_model(str(config.policy.checkpoint))
+    check_learner_layout(config, Path(source))
     config = with_absolute_paths(config.model_copy(update={
         "output_dir": out, "policy": config.policy.model_copy(update={"checkpoint": source})}))
     resumed = prepare_training_dir(out, config, force=force)
@@ -212,8 +252,10 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
     try:
         with sigterm_as_interrupt(), Fleet(engines, learner=make_learner,
                                                     process_record=out / PROCESS_RECORD) as fleet:
+            learner = fleet.learner
+            assert learner is not None
             if latest is not None:   # the engines' weights are the checkpoint's: say which version they are
-                fleet.push_weights(fleet.learner.weights.remote(), start)
+                fleet.push_weights(learner.weights(), start)
             try:
                 def refill(version: int, round_: int) -> list[Problem]:   # dynamic sampling's extra draws
                     return step_problems(problems, version, per_step, config.training.seed + 1_000_003 * round_)
@@ -231,14 +273,14 @@ def run_train(config: ProverConfig, out: Path, *, force: bool = False, progress_
                         logged = step
                     progress.step(reward=float(row.get(REWARD_KEY, row.get("reward_mean", float("nan")))))
                     if step % config.training.save_every == 0 or step == steps:
-                        ray.get(fleet.learner.save.remote(str(out)))
+                        ray.get(learner.save(str(out)))
                         saved = step
             except KeyboardInterrupt:
                 checkpoint = checkpoints.latest()
                 # Save only when the learner is at the last step whose metrics are written (an
                 # interrupted ray.get leaves a step running; its row would be missing).
-                if saved != logged and ray.get(fleet.learner.current_version.remote()) == logged:
-                    ray.get(fleet.learner.save.remote(str(out)))
+                if saved != logged and ray.get(learner.current_version()) == logged:
+                    ray.get(learner.save(str(out)))
                     checkpoint = checkpoints.latest()
                 raise TrainInterrupted(logged, checkpoint) from None
     finally:

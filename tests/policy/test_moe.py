@@ -284,3 +284,12 @@ def test_moe_benchmark_times_every_implementation_on_equal_outputs(tmp_path) -> 
         assert row["max_rel_diff_vs_ours"] < 0.02, row  # bf16 rounding only
     assert set(report["speedup"]) == {f"ours/{n}" for n in rows if n != "ours"}, report["speedup"]
     assert report["config"]["tokens"] == 64 and report["config"]["experts"] == 8, report["config"]
+
+
+def test_max_violation_by_hand_leaves_out_layers_without_tokens() -> None:
+    """MaxVio = max load / mean load - 1 per layer (Wang et al.); a layer that routed no token
+    (an MTP layer during an RL step) has none, rather than a meaningless -1."""
+    load = torch.tensor([[3.0, 1.0], [0.0, 0.0], [2.0, 2.0]])
+    got = max_violation(load)
+    assert got.tolist() == [0.5, 0.0], got
+    assert max_violation(torch.zeros(2, 4)).numel() == 0

@@ -145,3 +145,63 @@ def test_grpo_example_killed_resumed_and_learning(warm_start: Path, tmp_path: Pa
     assert checkpoint.name == "step-00000030" and (checkpoint / "config.json").is_file(), summary
     report = json.loads(_prover("train", "report", str(run), "--json").stdout)
     assert Path(report["png"]).stat().st_size > 10_000, report
+
+
+@pytest.mark.slow
+def test_grpo_on_two_learner_ranks_checkpoints_and_resumes(warm_start: Path, tmp_path: Path) -> None:
+    """learner.ranks = 2: two Ray learner actors in one gloo process group shard the policy (FSDP2)
+    and train it; rank 0's gathered weights reach the vLLM engine and the HF checkpoint, every
+    rank writes its optimizer shards; a run whose newest checkpoint is step 1 continues from it
+    with the same command (the sharded optimizer restored on both ranks)."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    config = _config(tmp_path / "train.toml", "train-cpu-standin.toml", {
+        "policy": {"checkpoint": str(warm_start)}, "rollout": {"prompts_per_step": 4}, "grpo": {"dynamic_sampling": False},
+        "training": {"steps": 2, "save_every": 1, "warmup_steps": 1}, "learner": {"ranks": 2, "param_dtype": "float32"}})
+    args = ["train", "--config", str(config), "--out", str(run), "--json"]
+    first = json.loads(_prover(*args, timeout=900).stdout)
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and first["complete"], (rows, first)
+    assert all(r["episodes_trained"] > 0 and r["time_weight_sync_s"] > 0 for r in rows), rows
+    step1, step2 = run / "checkpoints" / "step-00000001", run / "checkpoints" / "step-00000002"
+    for folder in (step1, step2):
+        trainer = sorted(p.name for p in (folder / "trainer").iterdir())
+        assert {"optimizer", "rng.pt", "rng-1.pt", "scheduler.pt", "state.json"} <= set(trainer), trainer
+    start, trained = load_file(warm_start / "model.safetensors"), load_file(step2 / "model.safetensors")
+    assert start.keys() == trained.keys()
+    changed = [k for k in start if not start[k].equal(trained[k])]
+    assert len(changed) > len(start) // 2, f"only {len(changed)} of {len(start)} tensors changed"
+
+    import shutil
+
+    shutil.rmtree(step2)   # as if the run had been killed before its second checkpoint
+    again = json.loads(_prover(*args, timeout=900).stdout)
+    resumed = _metrics(run)
+    assert again["resumed_from_step"] == 1, again
+    assert [r["step"] for r in resumed] == [1, 2] and resumed[0] == rows[0], resumed
+    assert (step2 / "trainer" / "optimizer").is_dir()
+
+
+def test_learner_layout_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    """learner.ranks > 1 needs our policy and a mesh that fits the ranks and the model; the
+    batch must split over the ranks: each refusal quotes the numbers (ConfigError: exit 2)."""
+    from policy.checkpoint import hf_config
+    from policy.presets import PRESETS
+    from prover.config import ProverConfig, check_grpo_run
+    from prover.rl.train import check_learner_layout
+
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    for folder, config in ((ours, hf_config(PRESETS["tiny"])), (other, {"model_type": "qwen2"})):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+    config = ProverConfig.model_validate({"learner": {"ranks": 2, "ep": 3}})
+    with pytest.raises(ConfigError, match=r"learner.ep = 3 does not divide the world size 2"):
+        check_learner_layout(config, ours)
+    with pytest.raises(ConfigError, match=r"only our DeepSeek-V3 policy can be sharded"):
+        check_learner_layout(config.model_copy(update={"learner": config.learner.model_copy(update={"ep": 1})}), other)
+    check_learner_layout(config.model_copy(update={"learner": config.learner.model_copy(update={"ep": 2})}), ours)
+    batch = ProverConfig.model_validate({"learner": {"ranks": 3}, "policy": {"sampling": {"n": 8}},
+                                         "rollout": {"prompts_per_step": 8}, "training": {"micro_batch_size": 16}})
+    with pytest.raises(ConfigError, match=r"over learner.ranks = 3 \(1 x 16 x 3 = 48 must divide 64\)"):
+        check_grpo_run(batch)
