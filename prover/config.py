@@ -103,6 +103,10 @@ class FleetConfig(BaseModel):
     max_restarts: int = Field(
         3, ge=0, description="Times a dead rollout or verifier actor is replaced (and its work retried) before "
         "the step fails.")
+    shard_timeout_s: float | None = Field(
+        3600.0, gt=0, description="A rollout shard (one rollout actor's share of a step, sampled and judged) not "
+        "back within this many seconds of its start counts as hung: the rollout and verifier actors that served "
+        "it are replaced (counted against max_restarts) and the shard retried. None: wait forever.")
 
     @model_validator(mode="after")
     def _async_needs_staleness(self) -> FleetConfig:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from prover.config import ProverConfig
 from prover.fleet.actors import Learner, RolloutWorker, VerifierWorker
@@ -100,6 +100,7 @@ class _Shard:
     rollout: int                      # index into the rollout pool
     kind: str                         # "whole-proof" or "tactic"
     ref: Any = None
+    started: float = 0.0              # time.monotonic() of the last submission
 
 
 class Fleet:
@@ -180,6 +181,7 @@ class Fleet:
     def _submit(self, shard: _Shard) -> None:
         rollouts, verifiers = self._pools()
         verifier = verifiers[shard.rollout]
+        shard.started = time.monotonic()
         if shard.kind == "tactic":
             shard.ref = verifier.tactic_episodes.remote(shard.problems, rollouts[shard.rollout], shard.first_group,
                                                         self.version)
@@ -201,8 +203,10 @@ class Fleet:
 
     def collect(self, shards: Sequence[_Shard]) -> RolloutBatch:
         """The shards' episodes (excluded ones left out); a shard whose actor died is retried
-        on the replacement, as often as `fleet.max_restarts` allows."""
+        on the replacement, and one not back within `fleet.shard_timeout_s` (hung) on
+        replacements of both actors that served it, as often as `fleet.max_restarts` allows."""
         rollouts, verifiers = self._pools()
+        limit = self.config.fleet.shard_timeout_s
         episodes: list[Episode] = []
         generate: list[float] = []
         verify: list[float] = []
@@ -210,15 +214,21 @@ class Fleet:
         for shard in shards:
             while True:
                 try:
-                    got, generate_s, verify_s = ray.get(shard.ref)
+                    left = None if limit is None else max(0.0, shard.started + limit - time.monotonic())
+                    got, generate_s, verify_s = ray.get(shard.ref, timeout=left)
                     break
                 except RayActorError as exc:
                     log.warning("shard at group %d lost an actor (%s); replacing and retrying", shard.first_group,
                                 type(exc).__name__)
                     rollouts.heal()
                     verifiers.heal()
-                    retried += 1
-                    self._submit(shard)
+                except GetTimeoutError:
+                    log.warning("shard at group %d not back within fleet.shard_timeout_s = %g s; replacing its "
+                                "rollout and verifier actors and retrying", shard.first_group, limit)
+                    rollouts.replace(shard.rollout % len(rollouts), why="hung")
+                    verifiers.replace(shard.rollout % len(verifiers), why="hung")
+                retried += 1
+                self._submit(shard)
             episodes += [e for e in got if e is not None]
             generate.append(generate_s)
             verify.append(verify_s)

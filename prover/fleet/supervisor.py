@@ -1,6 +1,7 @@
 """Keeping the fleet's actors alive: `ActorPool` starts N actors of one worker class, tells the
 dead from the busy (`ping`, which runs in its own concurrency group, so a busy actor answers),
-replaces the dead, and gives up after `max_restarts` replacements. The scheduler retries the
+replaces the dead (and the hung ones the scheduler names: work past `fleet.shard_timeout_s`),
+and gives up after `max_restarts` replacements. The scheduler retries the
 work a dead actor held on its replacement (`prover.fleet.scheduler`).
 
 Ray's own `max_restarts` would restart an actor too, but silently and with its constructor's
@@ -85,15 +86,17 @@ class ActorPool:
             self.replace(i)
         return dead
 
-    def replace(self, i: int) -> None:
+    def replace(self, i: int, why: str = "died") -> None:
+        """End actor `i` (dead already, or hung: `why` says which) and start its replacement."""
         if self.restarts >= self.max_restarts:
-            raise FleetError(f"{self.role} actor {i} died and the {self.max_restarts} replacements allowed "
+            raise FleetError(f"{self.role} actor {i} {why} and the {self.max_restarts} replacements allowed "
                              f"(fleet.max_restarts) are spent")
         self.restarts += 1
         old = self.handles[i]
         with contextlib.suppress(Exception):   # already gone: killing is only to be sure
             ray.kill(old, no_restart=True)
-        log.warning("%s actor %d died; starting replacement %d of %d", self.role, i, self.restarts, self.max_restarts)
+        log.warning("%s actor %d %s; starting replacement %d of %d", self.role, i, why, self.restarts,
+                    self.max_restarts)
         self.handles[i] = self._start(i)
         self._wait_ready([i])
         if self.on_replace is not None:

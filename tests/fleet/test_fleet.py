@@ -141,6 +141,40 @@ def test_killed_actors_are_replaced_and_their_work_retried(tiny: Path, tmp_path:
 
 
 @pytest.mark.slow
+def test_a_hung_actor_is_replaced_and_its_work_retried(tiny: Path, tmp_path: Path) -> None:
+    """A verifier actor frozen mid-step (SIGSTOP: alive, but it never answers again) holds its
+    shard past fleet.shard_timeout_s: the rollout and verifier actors that served it are
+    replaced and the shard is retried, so the step completes with every episode."""
+    import os
+    import signal
+    import time
+
+    import ray
+
+    from prover.fleet import Fleet
+
+    rules = tmp_path / "slow.json"   # each check takes a while, so the freeze lands mid-step
+    tree = json.loads(RULES.read_text())
+    rules.write_text(json.dumps({**tree, "rules": [{"name": "slow", "substring": "theorem", "sleep_s": 0.3},
+                                                   *tree["rules"]]}))
+    problems = [problem("p0"), problem("p1")]
+    with Fleet(config(tiny, tmp_path, engine="transformers", rules=rules, shard_timeout_s=8)) as fleet:
+        assert fleet.rollouts is not None and fleet.verifiers is not None
+        frozen = ray.get(fleet.verifiers[0].ping.remote())
+        shards = fleet.submit(problems)
+        os.kill(frozen, signal.SIGSTOP)
+        t0 = time.monotonic()
+        batch = fleet.collect(shards)
+        waited = time.monotonic() - t0
+        assert batch.retried_shards == 1, batch.retried_shards
+        assert (fleet.rollouts.restarts, fleet.verifiers.restarts) == (1, 1), (fleet.rollouts.restarts,
+                                                                              fleet.verifiers.restarts)
+        assert sorted(e.group for e in batch.episodes) == [0, 0, 1, 1], batch.episodes
+        assert waited >= 8, f"the shard was given up after {waited:.1f} s, before its 8 s"
+        assert ray.get(fleet.verifiers[0].ping.remote()) != frozen, "the frozen verifier still serves"
+
+
+@pytest.mark.slow
 def test_async_training_is_one_step_off(tiny: Path, tmp_path: Path) -> None:
     from prover.fleet import Fleet
 
