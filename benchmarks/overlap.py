@@ -1,7 +1,9 @@
-"""Benchmark of generation/verification overlap in whole-proof sampling (issue 10 item 7).
+"""Benchmark of generation/verification overlap in whole-proof sampling and in Lean-feedback
+repair (issue 10 item 7).
 
-Times `prover.search.whole.prove_whole` on the same checkpoint, problems, seed and verifier
-twice per row: `stream=False` (each batch generated, then verified, one after the other) and
+Times `prover.search.whole.prove_whole` (`--method whole`) or `prover.search.repair.prove_repair`
+(`--method repair`, `--rounds` correction rounds, streamed within each round) on the same
+checkpoint, problems, seed and verifier twice per row: `stream=False` (each batch generated, then verified, one after the other) and
 `stream=True` (each problem's candidates go to the verifier as soon as the engine has finished
 its samples, while the engine samples the rest of the batch and the next ones). A row is
 PROBLEMSxPER_BATCH: `8x2` runs 4 batches (overlap across batches), `4x8` runs a single batch,
@@ -19,7 +21,8 @@ A random tiny model runs nearly every sample to `max_tokens`, so every prompt of
 finishes in the same engine step and nothing can stream; `--stop` (default "v", in about 5% of
 the tiny tokenizer's tokens) gives the answers varied lengths, as real proofs have.
 
-    python -m benchmarks.overlap --model runs/tiny [--engine vllm] [--rows 8x2,4x8] [--out runs/bench/overlap.json]
+    python -m benchmarks.overlap --model runs/tiny [--engine vllm] [--rows 8x2,4x8] [--method whole|repair]
+        [--out runs/bench/overlap.json]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from lean_env.verifier import Verifier
 from policy.config import PolicyConfig, SamplingConfig
 from policy.engines import GenerationEngine, PromptResult, make_engine
 from prover.problems import load_problems
+from prover.search.repair import prove_repair
 from prover.search.whole import prove_whole
 
 
@@ -69,11 +73,15 @@ class TimedEngine:
 
 
 def run_once(engine: GenerationEngine, verifier: Verifier, problems: Sequence[Any], sampling: SamplingConfig, *,
-             stream: bool, problems_per_batch: int) -> dict[str, Any]:
+             stream: bool, problems_per_batch: int, method: str = "whole", rounds: int = 1) -> dict[str, Any]:
     timed = TimedEngine(engine)
     start = time.perf_counter()
-    results = list(prove_whole(problems, timed, verifier, sampling, template="deepseek-prover-v1.5",  # type: ignore[arg-type]
-                               problems_per_batch=problems_per_batch, stream=stream))
+    if method == "repair":
+        results = list(prove_repair(problems, timed, verifier, sampling, template="deepseek-prover-v1.5",  # type: ignore[arg-type]
+                                    rounds=rounds, problems_per_batch=problems_per_batch, stream=stream))
+    else:
+        results = list(prove_whole(problems, timed, verifier, sampling, template="deepseek-prover-v1.5",  # type: ignore[arg-type]
+                                   problems_per_batch=problems_per_batch, stream=stream))
     wall = time.perf_counter() - start
     return {"stream": stream, "wall_s": round(wall, 3), "generate_s": round(timed.seconds, 3),
             "exposed_verify_s": round(wall - timed.seconds, 3),
@@ -103,6 +111,8 @@ def main() -> None:
     parser.add_argument("--check-s", type=float, default=0.25, help="simulated Lean seconds per check")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--method", default="whole", choices=["whole", "repair"])
+    parser.add_argument("--rounds", type=int, default=1, help="--method repair: correction rounds")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/overlap.json"))
     args = parser.parse_args()
 
@@ -121,7 +131,8 @@ def main() -> None:
                 for count, per_batch in args.rows:
                     for stream in (False, True):
                         report["runs"].append({"row": f"{count}x{per_batch}"} | run_once(
-                            engine, verifier, problems[:count], sampling, stream=stream, problems_per_batch=per_batch))
+                            engine, verifier, problems[:count], sampling, stream=stream, problems_per_batch=per_batch,
+                            method=args.method, rounds=args.rounds))
                         write_json(report, args.out)
 
     # Generation time swings with the machine's load (shared CPUs), so the robust number is the
@@ -138,7 +149,9 @@ def main() -> None:
             "generate_s_sequential": median("generate_s", False), "generate_s_streaming": median("generate_s", True),
             "exposed_verify_s_sequential": median("exposed_verify_s", False),
             "exposed_verify_s_streaming": median("exposed_verify_s", True),
-            "simulated_verify_s": round(count * args.samples * args.check_s / args.workers, 3),
+            "samples": statistics.median(r["samples"] for r in report["runs"] if r["row"] == row),
+            "simulated_verify_s": round(statistics.median(r["samples"] for r in report["runs"] if r["row"] == row)
+                                        * args.check_s / args.workers, 3),
         }
     write_json(report, args.out)
     print(json.dumps(report["summary"], indent=2))

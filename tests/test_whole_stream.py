@@ -1,7 +1,7 @@
-"""Whole-proof sampling with generation and verification overlapped (`prove_whole(stream=True)`):
-each problem's candidates go to the verifier as soon as its samples are complete, while the
-engine samples the rest; results still come in problem order, the same records as without
-overlap. The engine here hands its prompts on one by one (`generate_iter`) and waits, at a sync
+"""Whole-proof sampling and Lean-feedback repair with generation and verification overlapped
+(`prove_whole(stream=True)`, `prove_repair(stream=True)`): each problem's candidates go to the
+verifier as soon as its samples are complete, while the engine samples the rest; results still
+come in problem order, the same records as without overlap. The engine here hands its prompts on one by one (`generate_iter`) and waits, at a sync
 point, for what the test says must already have happened: a missing overlap fails the wait
 (no timing is measured)."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lean_env.verifier import Verifier, VerifyRequest
 from policy.config import SamplingConfig
 from policy.engines import Completion, PromptResult
 from prover.problems import Problem
+from prover.search.repair import prove_repair
 from prover.search.whole import prove_whole
 
 HEADER = "import Mathlib\n\n"
@@ -35,6 +37,7 @@ class RecordingVerifier:
     def __init__(self, verifier: Verifier) -> None:
         self.verifier = verifier
         self.received: list[list[str]] = []
+        self.requests: Counter[str] = Counter()   # requests sent, per problem name
         self.changed = threading.Condition()
         self.gate: Callable[[], None] = lambda: None
 
@@ -42,6 +45,7 @@ class RecordingVerifier:
                      progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
         with self.changed:
             self.received.append(sorted({r.name for r in requests}))
+            self.requests.update(r.name for r in requests)
             self.changed.notify_all()
         self.gate()
         return self.verifier.verify_batch(requests, progress=progress)
@@ -181,3 +185,39 @@ def test_ctrl_c_keeps_what_was_verified(verifier: RecordingVerifier) -> None:
                                   problems_per_batch=1):
             got.append(result.problem.id)
     assert got == ["t0", "t1"], f"results before the interrupt: {got}; verifier calls {verifier.received}"
+
+
+def test_repair_verifies_a_problem_while_the_rest_of_its_round_is_sampled(verifier: RecordingVerifier) -> None:
+    """Repair's round 0 over 3 problems (one engine call, 2 samples each) and its correction round
+    (one prompt per failed attempt): before the engine hands on prompt k of a round, the verifier
+    has been sent the candidates of that round's prompts 0..k-1."""
+    engine = StreamingEngine(["  simp\n", "  simp\n"])   # both samples fail: every attempt is corrected
+    reached: list[tuple[int, str, bool]] = []
+
+    def before(i: int, names: list[str]) -> None:
+        per_prompt = 2 if len(engine.calls) == 1 else 1
+        earlier = Counter({n: 2 for n in names}) if len(engine.calls) == 2 else Counter()  # round 0's requests
+        want = earlier + Counter({n: per_prompt * names[:i].count(n) for n in set(names[:i])})
+        with verifier.changed:
+            ok = verifier.changed.wait_for(lambda: all(verifier.requests[n] >= k for n, k in want.items()),
+                                           timeout=WAIT_S)
+        reached.append((len(engine.calls), names[i], ok))
+
+    engine.before = before
+    results = list(prove_repair(PROBLEMS[:3], engine, verifier, SamplingConfig(n=2), template="plain", rounds=1))
+    assert [len(c) for c in engine.calls] == [3, 6] and engine.calls[0] == ["t0", "t1", "t2"], engine.calls
+    assert all(ok for _, _, ok in reached), f"(call, problem, were the round's earlier prompts verified first): {reached}"
+    assert [len(r.attempts) for r in results] == [4, 4, 4], [[a.verdict.outcome for a in r.attempts] for r in results]
+
+
+def test_repair_streaming_gives_the_same_records_as_no_overlap(verifier: RecordingVerifier) -> None:
+    runs = {}
+    for stream in (False, True):
+        engine = StreamingEngine(["  omega\n", "  simp\n", "  sorry\n"])
+        results = list(prove_repair(PROBLEMS, engine, verifier, SamplingConfig(n=3), template="plain", rounds=2,
+                                    stream=stream))
+        runs[stream] = [(r.problem.id, [(a.sample, a.round, a.parent, a.candidate, a.verdict.outcome) for a in r.attempts])
+                        for r in results]
+    assert runs[True] == runs[False], f"streaming {runs[True]}\nno overlap {runs[False]}"
+    assert [pid for pid, _ in runs[True]] == [p.id for p in PROBLEMS]
+    assert runs[True][0][1][0][4] == "accepted", runs[True][0]

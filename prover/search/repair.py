@@ -18,12 +18,13 @@ round counts towards the budget. Results are yielded in problem order, per batch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from lean_env.verdict import Rejected, TimedOut, Verdict
 from lean_env.verifier import VerifyRequest
 from policy.config import SamplingConfig
-from policy.engines import Completion, GenerationEngine
+from policy.engines import Completion, GenerationEngine, PromptResult
 from prover.problems import Problem
 from prover.prompts import (
     ChatTokenizer,
@@ -43,7 +44,14 @@ from prover.search.attempts import (
     ProofResult,
     Verifying,
 )
-from prover.search.whole import BudgetForcing, generate, sampling_for
+from prover.search.whole import (
+    BudgetForcing,
+    VerifierFeed,
+    generate,
+    generate_iter,
+    sampling_for,
+    verify_request,
+)
 
 SNIPPET_BEFORE, SNIPPET_AFTER = 2, 2   # lines shown around an error (Kimina: line_num - 2 .. line_num + 2)
 
@@ -97,10 +105,14 @@ def prove_repair(problems: Sequence[Problem], engine: GenerationEngine, verifier
                  forcing: BudgetForcing | None = None, problems_per_batch: int = 8, max_errors: int = 3,
                  prompt_check: Callable[[str], str | None] | None = None,
                  on_verified: Callable[[int], None] | None = None,
-                 on_round: Callable[[int, list[str]], None] | None = None) -> Iterator[ProofResult]:
+                 on_round: Callable[[int, list[str]], None] | None = None,
+                 stream: bool = True) -> Iterator[ProofResult]:
     """Round 0: `sampling.n` samples per problem; rounds 1..`rounds`: one correction per failed
     attempt of the round before (failures of our own machinery, `not_checked:infrastructure`,
     are not the model's to correct), until a candidate is accepted or the budget is spent.
+    Within a round, each prompt's candidates go to the verifier as soon as the engine has them
+    (`stream`, as `prove_whole` does; False: after the round's generation, all at once). Either
+    way the same attempts are recorded, in the same order.
 
     `on_round(r, prompts)` sees each round's prompts (for tests and logs).
     """
@@ -125,7 +137,7 @@ def prove_repair(problems: Sequence[Problem], engine: GenerationEngine, verifier
                 if p.id not in refusals:
                     todo.append((p, prompts[p.id], tpl.messages(p), None))
         lineages = _run_round(0, todo, engine, verifier, tpl, first_sampling, fix_sampling, forcing, meters,
-                              attempts, on_verified, on_round, from_prompt_template=True)
+                              attempts, on_verified, on_round, from_prompt_template=True, stream=stream)
         for round_ in range(1, rounds + 1):
             todo = []
             for lineage in lineages:
@@ -144,7 +156,7 @@ def prove_repair(problems: Sequence[Problem], engine: GenerationEngine, verifier
             if not todo:
                 break
             lineages = _run_round(round_, todo, engine, verifier, tpl, first_sampling, fix_sampling, forcing, meters,
-                                  attempts, on_verified, on_round, from_prompt_template=False)
+                                  attempts, on_verified, on_round, from_prompt_template=False, stream=stream)
         for p in batch:
             if p.id in refusals:
                 yield ProofResult(p, (), skipped=PROMPT_TOO_LONG, detail=refusals[p.id])
@@ -156,40 +168,62 @@ def _run_round(round_: int, todo: Sequence[tuple[Problem, str, list[dict[str, st
                engine: GenerationEngine, verifier: Verifying, tpl: PromptTemplate, first_sampling: SamplingConfig,
                fix_sampling: SamplingConfig, forcing: BudgetForcing | None, meters: dict[str, BudgetMeter],
                attempts: dict[str, list[Attempt]], on_verified: Callable[[int], None] | None,
-               on_round: Callable[[int, list[str]], None] | None, *, from_prompt_template: bool) -> list[_Lineage]:
+               on_round: Callable[[int, list[str]], None] | None, *, from_prompt_template: bool,
+               stream: bool = True) -> list[_Lineage]:
     """Generate one answer per entry of `todo` (round 0: the problem's samples in one call per
-    problem), verify them all in one batch, record the attempts; the new lineages."""
+    problem) and verify them, each prompt's candidates sent to the verifier as soon as the
+    engine has them (`stream`; else all at once after the round's generation); record the
+    attempts in `todo` order; the new lineages."""
     if not todo:
         return []
     if on_round is not None:
         on_round(round_, [prompt for _, prompt, _, _ in todo])
-    outputs: list[Completion] = []
     if from_prompt_template:   # the same prompt n times: one prompt with n samples
         groups: dict[str, list[int]] = {}
         for i, (p, _, _, _) in enumerate(todo):
             groups.setdefault(p.id, []).append(i)
-        unique = [todo[ix[0]] for ix in groups.values()]
-        results = generate(engine, [prompt for _, prompt, _, _ in unique], first_sampling.model_copy(
-            update={"n": max(len(ix) for ix in groups.values())}), tpl, forcing)
-        by_index: dict[int, Completion] = {}
-        for ix, result in zip(groups.values(), results, strict=True):
-            for i, completion in zip(ix, result.completions, strict=False):
-                by_index[i] = completion
-        outputs = [by_index[i] for i in range(len(todo))]
+        calls = list(groups.values())
+        sampling = first_sampling.model_copy(update={"n": max(len(ix) for ix in calls)})
     else:
-        results = generate(engine, [prompt for _, prompt, _, _ in todo], fix_sampling, tpl, forcing)
-        outputs = [r.completions[0] for r in results]
-    pending = []
-    for (p, _, messages, parent), completion in zip(todo, outputs, strict=True):
-        meters[p.id].spend(samples=1, tokens=len(completion.token_ids))
-        candidate = (candidate_from_output(p, tpl, completion.text) if from_prompt_template
-                     else candidate_from_cot(p, completion.text))
-        pending.append((p, messages, parent, completion, candidate))
-    requests = [VerifyRequest(p.name, p.header, p.formal_statement, cand) for p, _, _, _, cand in pending]
-    verdicts = verifier.verify_batch(requests, progress=count_new(on_verified))
+        calls = [[i] for i in range(len(todo))]
+        sampling = fix_sampling
+    prompts = [todo[ix[0]][1] for ix in calls]
+    pending: dict[int, tuple[Completion, str]] = {}
+
+    def candidates(call: int, result: PromptResult) -> list[int]:
+        """The todo entries of one finished prompt, their completions metered and extracted."""
+        entries = calls[call]
+        for i, completion in zip(entries, result.completions, strict=False):
+            p = todo[i][0]
+            meters[p.id].spend(samples=1, tokens=len(completion.token_ids))
+            candidate = (candidate_from_output(p, tpl, completion.text) if from_prompt_template
+                         else candidate_from_cot(p, completion.text))
+            pending[i] = (completion, candidate)
+        return [i for i in entries if i in pending]
+
+    def requests(entries: Sequence[int]) -> list[VerifyRequest]:
+        return [verify_request(todo[i][0], pending[i][1]) for i in entries]
+
+    judged: dict[int, Verdict] = {}
+    if stream:
+        with VerifierFeed(verifier, on_verified) as feed:
+            sent: list[tuple[list[int], Future[list[Verdict]]]] = []
+            for call, result in generate_iter(engine, prompts, sampling, tpl, forcing):
+                entries = candidates(call, result)
+                sent.append((entries, feed.submit(requests(entries))))
+            for entries, future in sent:
+                judged.update(zip(entries, future.result(), strict=True))
+    else:
+        for call, result in enumerate(generate(engine, prompts, sampling, tpl, forcing)):
+            candidates(call, result)
+        order = sorted(pending)
+        judged = dict(zip(order, verifier.verify_batch(requests(order), progress=count_new(on_verified)), strict=True))
     lineages = []
-    for (p, messages, parent, completion, candidate), verdict in zip(pending, verdicts, strict=True):
-        attempt = Attempt(len(attempts[p.id]), completion, candidate, verdict, round=round_, parent=parent)
+    for i in sorted(pending):
+        p, _, messages, parent = todo[i]
+        completion, candidate = pending[i]
+        attempt = Attempt(len(attempts[p.id]), completion, candidate, judged[i], round=round_, parent=parent)
         attempts[p.id].append(attempt)
         lineages.append(_Lineage(p, attempt, messages))
     return lineages
+

@@ -271,7 +271,7 @@ def prove_whole(problems: Sequence[Problem], engine: GenerationEngine, verifier:
                 yield d.result(verdicts[:len(d.drawn)])
                 verdicts = verdicts[len(d.drawn):]
         return
-    with _VerifierFeed(verifier, on_verified) as feed:
+    with VerifierFeed(verifier, on_verified) as feed:
         order: deque[_Draws] = deque()   # problems started and not yet yielded, in problem order
 
         def complete(d: _Draws) -> None:
@@ -315,7 +315,7 @@ def prove_whole(problems: Sequence[Problem], engine: GenerationEngine, verifier:
             yield oldest()
 
 
-class _VerifierFeed:
+class VerifierFeed:
     """Sends candidates to the verifier from a background thread as they come, so that neither
     the engine nor the Lean workers wait for the other. What is submitted while a check runs
     goes into the next `verify_batch` call, all together: the verifier gets as much to run in
@@ -329,7 +329,7 @@ class _VerifierFeed:
         self._submitted: list[Future[list[Verdict]]] = []
         self._thread = threading.Thread(target=self._run, name="verify", daemon=True)
 
-    def __enter__(self) -> _VerifierFeed:
+    def __enter__(self) -> VerifierFeed:
         self._thread.start()
         return self
 
