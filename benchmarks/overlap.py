@@ -32,6 +32,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def run_once(engine: GenerationEngine, verifier: Verifier, problems: Sequence[An
     return {"stream": stream, "wall_s": round(wall, 3), "generate_s": round(timed.seconds, 3),
             "exposed_verify_s": round(wall - timed.seconds, 3),
             "samples": sum(len(r.attempts) for r in results),
+            "outcomes": dict(Counter(a.verdict.outcome for r in results for a in r.attempts)),
+            "rounds": max((a.round for r in results for a in r.attempts), default=0),
             "tokens": sum(len(a.completion.token_ids) for r in results for a in r.attempts)}
 
 
@@ -121,8 +124,13 @@ def main() -> None:
     report: dict[str, Any] = {"benchmark": "overlap", "machine": machine_info(), "settings": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": [], "summary": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        rules = Path(tmp) / "rules.json"   # every check takes check_s seconds (and is rejected)
-        rules.write_text(json.dumps({"rules": [{"regex": r"#print\s+axioms", "sleep_s": args.check_s}]}))
+        # every check takes check_s seconds; for repair it is also rejected with one error, so
+        # every attempt gets its corrections (whole-proof runs are timed the same either way)
+        rule: dict[str, Any] = {"regex": r"#print\s+axioms", "sleep_s": args.check_s}
+        if args.method == "repair":
+            rule["messages"] = [{"severity": "error", "pos": {"line": 1, "column": 0}, "data": "simulated error"}]
+        rules = Path(tmp) / "rules.json"
+        rules.write_text(json.dumps({"rules": [rule]}))
         config = VerifierConfig(backend="standin", standin_rules=rules, workers=args.workers)
         with make_engine(PolicyConfig(checkpoint=args.model, engine=args.engine)) as engine, Verifier(config) as verifier:
             run_once(engine, verifier, problems[:2], sampling, stream=False,
