@@ -247,9 +247,11 @@ def _finetune(config: ProverConfig, folder: Path, start: str, corpus: Path, roun
     _resume, force = _phase_folder(folder)
     say(f"round {round_}: fine-tuning {start} on {corpus} ({config.training.steps} steps)")
     try:
-        return run_sft(phase, folder, force=force)
+        summary = run_sft(phase, folder, force=force)
     except SFTInterrupted as stop:
         raise IterateInterrupted(round_, "sft", str(stop)) from None
+    assert summary is not None, "prover iterate runs on one process (its SFT phase is not under torchrun)"
+    return summary
 
 
 def run_round(config: ProverConfig, out: Path, round_: int, *, model: str, solved_before: set[str],

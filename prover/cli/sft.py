@@ -2,6 +2,7 @@
 
     prover sft --config examples/sft-cpu.toml --out runs/sft          # start, or continue that run
     prover sft --model DIR --corpus proofs.jsonl --steps 200 --out runs/sft
+    torchrun --nproc-per-node 2 -m prover sft --config FILE --out runs/sft   # sharded as [learner] says
 
 The loop lives in `prover.rl.sft` (checkpoints, metrics and schedule in prover.rl, shared with
 the GRPO trainer). This file parses flags and prints.
@@ -54,7 +55,8 @@ def sft(
     Prompts are built with the templates of `prove` and `bench`, so what is trained is what is
     sampled. Progress goes to stderr; the summary to stdout. Killed or interrupted, the same
     command continues from the newest checkpoint. Exit 0 done, 2 bad input, 130 interrupted
-    (a checkpoint of the last finished step is written).
+    (a checkpoint of the last finished step is written). Under torchrun the ranks shard our policy
+    as `[learner]` says and split each step's micro-batches; rank 0 prints.
     """
     from prover.rl.sft import run_sft
     from prover.runs import stamped
@@ -66,6 +68,8 @@ def sft(
     config = config_from_context(ctx, overrides, config_file)
     config = stamped(config, "sft")
     summary = run_sft(config, config.output_dir, force=force)   # Ctrl-C: SFTInterrupted, exit 130
+    if summary is None:   # a rank other than 0 under torchrun: rank 0 prints
+        return
     if as_json:
         print_json(summary)
         return

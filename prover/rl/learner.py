@@ -40,6 +40,7 @@ from prover.config import GRPOConfig
 from prover.rl.episodes import Episode
 from prover.rl.logprobs import SequenceLogprobs, sequence_logprobs
 from prover.rl.losses import ADVANTAGE_ESTIMATORS, grpo_loss, rollout_correction
+from prover.rl.sharding import all_summed
 
 
 @dataclass
@@ -82,9 +83,7 @@ def _uncounted(model: nn.Module) -> Iterator[None]:
 
 def _sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
     names = sorted(values)
-    tensor = torch.tensor([values[k] for k in names], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return dict(zip(names, tensor.tolist(), strict=True))
+    return dict(zip(names, all_summed([values[k] for k in names]), strict=True))
 
 
 def _max_positions(model: nn.Module) -> int | None:

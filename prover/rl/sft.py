@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policy.model import IGNORE_INDEX, Transformer
-from prover.config import ProverConfig
+from prover.config import ConfigError, ProverConfig
 from prover.errors import UserError
 from prover.rl.checkpointing import Checkpointer, load_model, prepare_training_dir
 from prover.rl.corpus import load_corpus
@@ -53,6 +53,7 @@ from prover.rl.packing import (
     unpacked,
 )
 from prover.rl.schedule import make_scheduler
+from prover.rl.sharding import all_summed, check_layout, rank0_first, sharded
 from prover.runs import (
     SUMMARY_NAME,
     Interrupted,
@@ -64,11 +65,17 @@ from prover.runs import (
 logger = logging.getLogger(__name__)
 
 class SFTInterrupted(Interrupted):
-    """Ctrl-C or SIGTERM stopped training; a checkpoint of the last finished step was written."""
+    """Ctrl-C or SIGTERM stopped training; on one device a checkpoint of the last finished step
+    was written, on several ranks the newest periodic one stands."""
 
-    def __init__(self, step: int, checkpoint: Path) -> None:
+    def __init__(self, step: int, checkpoint: Path | None, *, saved: bool = True) -> None:
         self.step, self.checkpoint = step, checkpoint
-        super().__init__(f"interrupted after step {step}; checkpoint {checkpoint} (run the same command to continue)")
+        if saved:
+            super().__init__(f"interrupted after step {step}; checkpoint {checkpoint} (run the same command to "
+                             "continue)")
+        else:   # several ranks: no save on an interrupt
+            newest = f"the newest checkpoint is {checkpoint}" if checkpoint else "no checkpoint yet"
+            super().__init__(f"interrupted after step {step}; {newest} (run the same command to continue from it)")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -204,45 +211,82 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# -- the run folder --------------------------------------------------------------------------------
-
 # -- the loop --------------------------------------------------------------------------------------
 
+def torchrun_world() -> int:
+    """The world size torchrun gave this process; 1 outside torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_stream: IO[str] | None = None,
-            tty: bool | None = None) -> dict[str, Any]:
+            tty: bool | None = None) -> dict[str, Any] | None:
     """Fine-tune `config.policy.checkpoint` on `config.sft` into run folder `out` (continuing an
     earlier run there), and return the summary (also written to out/summary.json).
-    Raises SFTInterrupted on Ctrl-C / SIGTERM, after checkpointing the last finished step."""
+    Raises SFTInterrupted on Ctrl-C / SIGTERM, after checkpointing the last finished step.
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs this: the ranks join one process group
+    (policy.launch), shard our policy as `[learner]` says (FSDP2, expert parallelism), and split
+    each step's `gradient_accumulation` micro-batches between them, so a step is the same step
+    as on one device. Rank 0 alone writes the run folder's files and returns the summary; the
+    others return None. An interrupt there keeps the newest periodic checkpoint (a save needs
+    every rank, and an interrupt reaches them at different points)."""
+    if torchrun_world() > 1:
+        from policy.launch import process_group
+
+        with process_group() as device:
+            return _run_sft(config, out, force=force, progress_stream=progress_stream, tty=tty, device=device)
+    return _run_sft(config, out, force=force, progress_stream=progress_stream, tty=tty, device=None)
+
+
+def _run_sft(config: ProverConfig, out: Path, *, force: bool, progress_stream: IO[str] | None, tty: bool | None,
+             device: torch.device | None) -> dict[str, Any] | None:
+    from policy.distributed_checkpoint import rank
+    from policy.launch import clip_grad_norm
     from policy.tokenizer import load_tokenizer
     from prover.checkpoints import resolve_model
     from prover.config import write_resolved_config
 
     train_cfg, sft = config.training, config.sft
-    if config.policy.checkpoint is None:
-        raise UserError("no model to fine-tune: pass --model DIR (a Hugging Face folder or hub id)")
+    world, lead = torchrun_world(), rank() == 0
 
     def local(value: str | None) -> str | None:   # paths made absolute: the record re-runs anywhere
         return os.path.abspath(value) if value is not None and Path(value).exists() else value
 
     sft = sft.model_copy(update={"corpus": local(sft.corpus), "problems": local(sft.problems)})
     config = with_absolute_paths(config.model_copy(update={"sft": sft, "output_dir": out}))
-    resumed = prepare_training_dir(out, config, force=force)
-    source = resolve_model(str(config.policy.checkpoint))   # a folder, or a hub id -> its local folder
     checkpoints = Checkpointer(out, keep_last=train_cfg.keep_last)
-    latest = checkpoints.latest() if resumed else None
-    tokenizer = load_tokenizer(config.policy.tokenizer or source)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    data = prepare_data(config, tokenizer)
-    write_resolved_config(config, out)
+    prepared: dict[str, Any] = {}
 
-    device = resolve_device(train_cfg.device)
+    def preflight() -> tuple[bool, str]:   # every user mistake is found here, on rank 0, before any work
+        if config.policy.checkpoint is None:
+            raise UserError("no model to fine-tune: pass --model DIR (a Hugging Face folder or hub id)")
+        resumed = prepare_training_dir(out, config, force=force)
+        source = resolve_model(str(config.policy.checkpoint))   # a folder, or a hub id -> its local folder
+        if world > 1:
+            _check_ranks(config, Path(source), world, checkpoints.latest() if resumed else None)
+        tokenizer = load_tokenizer(config.policy.tokenizer or source)
+        prepared.update(tokenizer=tokenizer, data=prepare_data(config, tokenizer))
+        write_resolved_config(config, out)
+        return resumed, str(source)
+
+    resumed, source = rank0_first(preflight)
+    latest = checkpoints.latest() if resumed else None
+    if prepared:   # rank 0 (or the one process) has them from its preflight
+        tokenizer, data = prepared["tokenizer"], prepared["data"]
+    else:
+        tokenizer = load_tokenizer(config.policy.tokenizer or source)
+        data = prepare_data(config, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    device = device or resolve_device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
-    model = load_model(latest or source, device)
+    model = sharded(load_model(latest or Path(source), device), config)
     is_policy = isinstance(model, Transformer)
     packed = sft.pack and is_policy
     if sft.pack and not is_policy:
         logger.warning("sft.pack needs our policy's document-aware attention; %s trains one example per row", source)
     model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate, betas=train_cfg.adam_betas,
                                   weight_decay=train_cfg.weight_decay)
     scheduler = make_scheduler(optimizer, train_cfg)
@@ -252,9 +296,11 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
         register_bias_update_hook(optimizer, model)
     step, cursor, counters = 0, None, {"tokens": 0}
     if latest is not None:
-        state = checkpoints.restore(latest, optimizer=optimizer, scheduler=scheduler, map_location=device)
+        state = checkpoints.restore(latest, optimizer=optimizer, scheduler=scheduler, map_location=device,
+                                    model=model)
         step, cursor, counters = state.step, state.cursor, {"tokens": 0, **state.counters}
-        logger.info("continuing %s from %s (step %d)", out, latest, step)
+        if lead:
+            logger.info("continuing %s from %s (step %d)", out, latest, step)
     stream = BatchStream(data.train, micro_batch_size=train_cfg.micro_batch_size, seed=train_cfg.seed,
                          max_len=sft.max_seq_len, packed=packed, pad_id=pad_id, cursor=cursor)
 
@@ -262,7 +308,7 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
         return checkpoints.save(step, model=model, optimizer=optimizer, scheduler=scheduler, cursor=stream.cursor,
                                 config=config, tokenizer=tokenizer, counters=counters)
 
-    def eval_loss() -> float | None:
+    def eval_loss() -> float | None:   # every rank evaluates every held-out row: sharded forwards go together
         if not data.held_out:
             return None
         return evaluate(model, data.held_out, micro_batch_size=train_cfg.micro_batch_size, max_len=sft.max_seq_len,
@@ -271,33 +317,39 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
     started = time.perf_counter()
     last: dict[str, Any] = {}
     saved_step = step if latest is not None else None
-    progress = StepProgress(train_cfg.steps, done=step, stream=progress_stream or sys.stderr, tty=tty)
-    metrics = MetricsLog(out, resume_step=step if latest is not None else None)
+    progress = StepProgress(train_cfg.steps, done=step, stream=progress_stream or sys.stderr, tty=tty) if lead else None
+    metrics = MetricsLog(out, resume_step=step if latest is not None else None) if lead else None
     try:
         with sigterm_as_interrupt():
             try:
                 while step < train_cfg.steps:
                     tick = time.perf_counter()
-                    micro = [stream.next_batch().to(device) for _ in range(train_cfg.gradient_accumulation)]
+                    # Every rank draws the step's micro-batches (one cursor everywhere) and trains on
+                    # every world-th of them.
+                    micro = [stream.next_batch() for _ in range(train_cfg.gradient_accumulation)]
                     step_tokens = sum(b.trained_tokens for b in micro)
-                    main_sum, mtp_terms = 0.0, []
-                    for batch in micro:
+                    main_sum, mtp_sum, mtp_seen = 0.0, 0.0, 0.0
+                    for batch in micro[rank()::world]:
+                        batch = batch.to(device)
                         with _autocast(device):
                             out_loss = micro_batch_loss(model, batch, packed=packed, mtp=sft.mtp)
                         # Each micro-batch's mean weighted by its share of the step's tokens: the
-                        # step's loss is the mean over all its completion tokens.
-                        (out_loss.loss * (out_loss.tokens / max(step_tokens, 1))).backward()
+                        # step's loss is the mean over all its completion tokens. A sharded backward
+                        # averages the ranks' gradients; x world makes that their sum.
+                        share = out_loss.tokens / max(step_tokens, 1)
+                        (out_loss.loss * (share * world)).backward()
                         main_sum += out_loss.main_sum
                         if out_loss.mtp is not None:
-                            mtp_terms.append(out_loss.mtp * out_loss.tokens / max(step_tokens, 1))
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
+                            mtp_sum, mtp_seen = mtp_sum + out_loss.mtp * share, 1.0
+                    main_sum, mtp_sum, mtp_seen = all_summed([main_sum, mtp_sum, mtp_seen])
+                    grad_norm = float(clip_grad_norm(trained, train_cfg.max_grad_norm))
                     row: dict[str, Any] = {
                         "loss": main_sum / max(step_tokens, 1), "lr": scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm, "tokens": step_tokens}
-                    if mtp_terms:
-                        row["mtp_loss"] = sum(mtp_terms)
+                    if mtp_seen:
+                        row["mtp_loss"] = mtp_sum
                     if is_policy:
-                        violation = max_violation(expert_load(model))
+                        violation = max_violation(expert_load(model))   # collective when sharded
                         if violation.numel():
                             row["expert_max_violation"] = float(violation.mean())
                     with interrupts_held():   # the step, its counters and its metrics row go together
@@ -308,32 +360,39 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
                         counters["tokens"] = int(counters["tokens"]) + step_tokens
                         row |= {"tokens_seen": counters["tokens"], "epoch": stream.epoch,
                                 "step_s": round(time.perf_counter() - tick, 3)}
-                        if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+                        if metrics is not None and (step % train_cfg.log_every == 0 or step == train_cfg.steps):
                             metrics.log(step, row)
                     last = row
-                    progress.step(loss=row["loss"], lr=row["lr"])
+                    if progress is not None:
+                        progress.step(loss=row["loss"], lr=row["lr"])
                     if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
                         held = eval_loss()
                         if held is not None:
-                            with interrupts_held():
-                                metrics.log(step, {"eval_loss": held})
+                            if metrics is not None:
+                                with interrupts_held():
+                                    metrics.log(step, {"eval_loss": held})
                             last["eval_loss"] = held
                     if step % train_cfg.save_every == 0 or step == train_cfg.steps:
                         save()
                         saved_step = step
             except KeyboardInterrupt:
+                if world > 1:   # a collective save could wait forever on a rank the signal caught elsewhere
+                    raise SFTInterrupted(step, checkpoints.latest(), saved=False) from None
                 checkpoint = save() if saved_step != step else checkpoints.latest()
-                assert checkpoint is not None
                 raise SFTInterrupted(step, checkpoint) from None
     finally:
-        progress.close()
-        metrics.close()
+        if progress is not None:
+            progress.close()
+        if metrics is not None:
+            metrics.close()
+    if not lead:
+        return None
     final = checkpoints.latest()
     summary = {
         "command": "sft", "complete": True, "steps": step, "checkpoint": str(final),
         "train_loss": last.get("loss"), "eval_loss": last.get("eval_loss"),
         "examples": len(data.train), "held_out": len(data.held_out), "skipped": len(data.skipped),
-        "too_long": data.too_long, "tokens_seen": counters["tokens"], "packed": packed,
+        "too_long": data.too_long, "tokens_seen": counters["tokens"], "packed": packed, "ranks": world,
         "model": str(source), "resumed_from": str(latest) if latest else None,
         "seconds": round(time.perf_counter() - started, 2), "output_dir": str(out)}
     tmp = out / f".{SUMMARY_NAME}.tmp"
@@ -342,3 +401,18 @@ def run_sft(config: ProverConfig, out: Path, *, force: bool = False, progress_st
     if not math.isfinite(float(summary["train_loss"] or 0.0)):
         logger.warning("the training loss is not finite (%s)", summary["train_loss"])
     return summary
+
+
+def _check_ranks(config: ProverConfig, source: Path, world: int, latest: Path | None) -> None:
+    """Several ranks: the step's micro-batches split evenly, the layout fits, and a run to continue
+    was written by ranks (a one-device optimizer state cannot be split)."""
+    from prover.rl.checkpointing import OPTIMIZER_SHARDS, TRAINER_DIR
+
+    accumulation = config.training.gradient_accumulation
+    if accumulation % world:
+        raise ConfigError(f"training.gradient_accumulation = {accumulation} micro-batches do not split over "
+                          f"{world} ranks (torchrun): make it a multiple of {world}")
+    check_layout(config, source, world, f"{world} ranks (torchrun)")
+    if latest is not None and not (latest / TRAINER_DIR / OPTIMIZER_SHARDS).is_dir():
+        raise UserError(f"{latest}: written by a run on one device, whose optimizer state cannot be split over "
+                        f"{world} ranks; continue it without torchrun, or start another --out")

@@ -31,12 +31,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from prover.config import ConfigError, ProverConfig, check_grpo_run
+from prover.config import ProverConfig, check_grpo_run
 from prover.errors import UserError
 from prover.problems import Problem, load_problems
 from prover.rl.checkpointing import Checkpointer, prepare_training_dir
 from prover.rl.episodes import Episode
 from prover.rl.metrics import METRICS_NAME, MetricsLog, StepProgress, read_metrics
+from prover.rl.sharding import check_layout, sharded
 from prover.runs import (
     SUMMARY_NAME,
     Interrupted,
@@ -98,23 +99,8 @@ def preflight(config: ProverConfig) -> list[Problem]:
 
 
 def check_learner_layout(config: ProverConfig, checkpoint: Path) -> None:
-    """With learner.ranks > 1, the policy must be ours (only it shards) and `[learner]`'s mesh
-    must fit the ranks and the model: ConfigError quoting the numbers, before anything starts."""
-    ranks = config.learner.ranks
-    if ranks == 1:
-        return
-    from policy.checkpoint import args_from_hf_config
-    from policy.mesh import check_mesh
-    from prover.rl.checkpointing import is_policy_checkpoint
-
-    if not is_policy_checkpoint(checkpoint):
-        raise ConfigError(f"learner.ranks = {ranks}: only our DeepSeek-V3 policy can be sharded, and {checkpoint} "
-                          "holds another model; use learner.ranks = 1")
-    args = args_from_hf_config(json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
-    try:
-        check_mesh(config.learner, ranks, args)
-    except ValueError as exc:
-        raise ConfigError(f"learner.ranks = {ranks}: {exc}") from None
+    """`[learner]`'s layout against learner.ranks and the model (prover.rl.sharding.check_layout)."""
+    check_layout(config, checkpoint, config.learner.ranks, f"learner.ranks = {config.learner.ranks}")
 
 
 def training_problems(config: ProverConfig) -> list[Problem]:
@@ -148,7 +134,7 @@ class GRPOLearner:
         self.config, self.out = config, out
         device = resolve_device(train.device)
         torch.manual_seed(train.seed)
-        self.model = _sharded(load_model(start, device), config)
+        self.model = sharded(load_model(start, device), config)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.learning_rate, betas=train.adam_betas,
                                            weight_decay=train.weight_decay)
@@ -156,7 +142,7 @@ class GRPOLearner:
         reference = None
         if config.grpo.kl_coef > 0:   # the reference is the model the run began from
             initial = Path(str(config.policy.checkpoint))
-            reference = _sharded(load_model(initial, device), config)
+            reference = sharded(load_model(initial, device), config)
         self.learner = Learner(self.model, config.grpo, learning_rate=train.learning_rate,
                                micro_batch_size=train.micro_batch_size, max_grad_norm=train.max_grad_norm,
                                max_tokens=config.policy.sampling.max_tokens, reference=reference,
@@ -189,25 +175,6 @@ class GRPOLearner:
     def load(self, path: Path) -> None:
         state = self.checkpoints.restore(path, optimizer=self.optimizer, scheduler=self.scheduler, model=self.model)
         self.version = state.step
-
-
-def _sharded(model: Any, config: ProverConfig) -> Any:
-    """`model` sharded over the learner's process group as `[learner]` says (FSDP2, expert
-    parallelism: `policy.parallelize`); unchanged on one rank."""
-    from policy.distributed_checkpoint import is_distributed
-
-    if not is_distributed():
-        return model
-    import torch.distributed as dist
-
-    from policy.model import Transformer
-    from policy.parallelize import SpeedConfig, build_mesh, parallelize
-
-    if not isinstance(model, Transformer):
-        raise ValueError(f"learner.ranks = {dist.get_world_size()}: sharding needs our DeepSeek-V3 policy, "
-                         f"not {type(model).__name__}; use learner.ranks = 1")
-    parallelize(model, SpeedConfig(), build_mesh(config.learner, model.args), config.learner)
-    return model
 
 
 # -- the run ---------------------------------------------------------------------------------------
