@@ -107,6 +107,11 @@ class FleetConfig(BaseModel):
         3600.0, gt=0, description="A rollout shard (one rollout actor's share of a step, sampled and judged) not "
         "back within this many seconds of its start counts as hung: the rollout and verifier actors that served "
         "it are replaced (counted against max_restarts) and the shard retried. None: wait forever.")
+    stream_verify: bool = Field(
+        True, description="Whole-proof episodes: the verifier actor judges each problem's samples as soon as the "
+        "engine has finished them, while the rest are sampled (a Ray streaming generator; verl's and OpenRLHF's "
+        "rollouts verify after the whole batch is sampled). The episodes are the same either way. False: "
+        "sample the whole shard, then judge it.")
 
     @model_validator(mode="after")
     def _async_needs_staleness(self) -> FleetConfig:

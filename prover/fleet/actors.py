@@ -2,10 +2,12 @@
 them, so each also runs, and is tested, without Ray):
 
 - `RolloutWorker` holds one generation engine (`policy.engines.make_engine`): samples whole
-  proofs, answers tactic prompts, takes new weights (`load_weights`, no restart);
+  proofs (all at once, or streamed one problem's at a time as they finish), answers tactic
+  prompts, takes new weights (`load_weights`, no restart);
 - `VerifierWorker` holds one `lean_env` verifier (`lean_env.make_verifier`: REPL pool,
-  stand-in, kimina...): judges whole-proof samples and runs tactic episodes, whose sessions
-  live on its pool and whose tactics it asks a rollout actor for, turn by turn;
+  stand-in, kimina...): judges whole-proof samples (streamed from a rollout actor: each
+  problem's while the engine samples the rest) and runs tactic episodes, whose sessions live
+  on its pool and whose tactics it asks a rollout actor for, turn by turn;
 - `LearnerWorker` holds the learner (`Learner`: the interface `prover.rl.learner.Learner`
   provides): one optimizer step per batch of episodes, its weights, checkpoints.
 
@@ -20,7 +22,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,8 +44,12 @@ from prover.rl.rollout import (
     judge_whole,
     repl_sessions,
     sample_whole,
+    sample_whole_iter,
+    scored,
     tactic_episodes,
+    whole_requests,
 )
+from prover.search.whole import VerifierFeed
 
 HEALTH = "health"   # the concurrency group of `ping`
 
@@ -98,6 +104,16 @@ class RolloutWorker:
         samples = sample_whole(problems, self.engine, step_sampling(self.policy.sampling, self.version, first_group),
                                template=self.rollout.prompt_template, first_group=first_group)
         return samples, time.perf_counter() - t0, self.version
+
+    def sample_whole_iter(self, problems: Sequence[Problem],
+                          first_group: int) -> Iterator[tuple[list[WholeSample], float, int]]:
+        """`sample_whole`, one problem's samples at a time as the engine finishes them (a Ray
+        streaming generator): (samples, seconds since sampling began, weights version)."""
+        t0, version = time.perf_counter(), self.version
+        sampling = step_sampling(self.policy.sampling, version, first_group)
+        for samples in sample_whole_iter(problems, self.engine, sampling, template=self.rollout.prompt_template,
+                                         first_group=first_group):
+            yield samples, time.perf_counter() - t0, version
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> tuple[list[PromptResult], float, int]:
         """The engine's `generate`: (results, seconds, weights version)."""
@@ -157,6 +173,23 @@ class VerifierWorker:
         t0 = time.perf_counter()
         episodes = judge_whole(samples, self.verifier, score=self.score, policy_version=version)
         return episodes, generate_s, time.perf_counter() - t0
+
+    def judge_whole_streamed(self, problems: Sequence[Problem], rollout_actor: Any,
+                             first_group: int) -> tuple[list[Episode | None], float, float]:
+        """Whole proofs that `rollout_actor` samples, each problem's judged here as soon as they
+        arrive, while the engine samples the rest (`RolloutWorker.sample_whole_iter`):
+        (episodes in group order, as `judge_whole` gives them; generate seconds; verify seconds
+        left once sampling was done)."""
+        t0 = time.perf_counter()
+        generate_s, pending = 0.0, []
+        with VerifierFeed(self.verifier, None) as feed:
+            for ref in rollout_actor.sample_whole_iter.remote(problems, first_group):
+                samples, generate_s, version = ray.get(ref)
+                pending.append((samples, version, feed.submit(whole_requests(samples))))
+            pending.sort(key=lambda p: p[0][0].group if p[0] else 0)   # finishing order varies; groups do not
+            episodes = [e for samples, version, verdicts in pending
+                        for e in scored(samples, verdicts.result(), score=self.score, policy_version=version)]
+        return episodes, generate_s, max(0.0, time.perf_counter() - t0 - generate_s)
 
     def tactic_episodes(self, problems: Sequence[Problem], rollout_actor: Any, first_group: int,
                         version: int = 0) -> tuple[list[Episode], float, float]:

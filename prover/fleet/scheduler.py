@@ -6,8 +6,10 @@
 
 A step: the problems are split into one shard per rollout actor; each shard is sampled on its
 rollout actor and judged on a verifier actor (whole-proof: the samples go from one to the
-other through Ray's object store, not through the driver; tactic: the verifier actor runs the
-dialogues and asks the rollout actor for every turn's tactics). The learner takes one step on
+other through Ray's object store, not through the driver; with `fleet.stream_verify` the
+verifier actor reads them from the rollout actor's streaming generator and judges each
+problem's while the engine samples the rest; tactic: the verifier actor runs the dialogues and
+asks the rollout actor for every turn's tactics). The learner takes one step on
 the episodes and its new weights are pushed into every running engine (`load_weights`).
 
 Modes (`fleet.mode`):
@@ -24,7 +26,8 @@ replaced (`prover.fleet.supervisor.ActorPool`; a new rollout actor first gets th
 weights) and the shard is submitted again; training goes on.
 
 Time split per step (`StepTimes`, seconds): generate and verify are the busy time of the
-rollout and verifier actors (mean over actors), learn and weight sync the learner's step and
+rollout and verifier actors (mean over actors; streamed, verify is only what was left to judge
+once sampling was done), learn and weight sync the learner's step and
 the engines' `load_weights` (slowest engine), idle the learner's wall time minus its own work
 (waiting for episodes and for the sync).
 """
@@ -185,6 +188,9 @@ class Fleet:
         if shard.kind == "tactic":
             shard.ref = verifier.tactic_episodes.remote(shard.problems, rollouts[shard.rollout], shard.first_group,
                                                         self.version)
+        elif self.config.fleet.stream_verify:
+            shard.ref = verifier.judge_whole_streamed.remote(shard.problems, rollouts[shard.rollout],
+                                                             shard.first_group)
         else:
             sampled = rollouts[shard.rollout].sample_whole.remote(shard.problems, shard.first_group)
             shard.ref = verifier.judge_whole.remote(sampled)

@@ -30,7 +30,7 @@ one is `Rejected(INCOMPLETE)`; a session whose Lean process failed is `NotChecke
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ from lean_env.tactic import (
 from lean_env.verdict import NotChecked, Rejected, RejectReason, Verdict
 from lean_env.verifier import VerifyRequest
 from policy.config import SamplingConfig
-from policy.engines import Completion, GenerationEngine
+from policy.engines import Completion, GenerationEngine, PromptResult, results_as_finished
 from prover.problems import Problem
 from prover.prompts import (
     ChatTokenizer,
@@ -87,10 +87,24 @@ def sample_whole(problems: Sequence[Problem], engine: GenerationEngine, sampling
     `first_group + i`."""
     tpl = get_template(template) if isinstance(template, str) else template
     results = engine.generate([build_prompt(p, tpl, tokenizer) for p in problems], sampling_for(tpl, sampling))
-    return [WholeSample(problem, first_group + i, result.prompt_token_ids, completion,
-                        candidate_from_output(problem, tpl, completion.text))
-            for i, (problem, result) in enumerate(zip(problems, results, strict=True))
-            for completion in result.completions]
+    return [sample for i, (problem, result) in enumerate(zip(problems, results, strict=True))
+            for sample in _samples(problem, first_group + i, result, tpl)]
+
+
+def _samples(problem: Problem, group: int, result: PromptResult, tpl: PromptTemplate) -> list[WholeSample]:
+    return [WholeSample(problem, group, result.prompt_token_ids, completion,
+                        candidate_from_output(problem, tpl, completion.text)) for completion in result.completions]
+
+
+def sample_whole_iter(problems: Sequence[Problem], engine: GenerationEngine, sampling: SamplingConfig, *,
+                      template: str | PromptTemplate, tokenizer: ChatTokenizer | None = None,
+                      first_group: int = 0) -> Iterator[list[WholeSample]]:
+    """`sample_whole`'s samples, one problem's at a time, as soon as the engine has finished
+    them (`results_as_finished`): the same samples (same seeds), in the order problems finish."""
+    tpl = get_template(template) if isinstance(template, str) else template
+    prompts = [build_prompt(p, tpl, tokenizer) for p in problems]
+    for i, result in results_as_finished(engine, prompts, sampling_for(tpl, sampling)):
+        yield _samples(problems[i], first_group + i, result, tpl)
 
 
 def judge_whole(samples: Sequence[WholeSample], verifier: Verifying, *, score: RewardFn,
@@ -98,8 +112,19 @@ def judge_whole(samples: Sequence[WholeSample], verifier: Verifying, *, score: R
     """Verify every sample once and make its episode, scored by `score`
     (`prover.rl.rewards.lean_reward`); None where the reward is None (not checked: excluded
     from the loss)."""
-    requests = [verify_request(s.problem, s.candidate) for s in samples]
+    requests = whole_requests(samples)
     verdicts = verifier.verify_batch(requests) if requests else []
+    return scored(samples, verdicts, score=score, policy_version=policy_version)
+
+
+def whole_requests(samples: Sequence[WholeSample]) -> list[VerifyRequest]:
+    """What the verifier is asked for each sample: its candidate against its problem."""
+    return [verify_request(s.problem, s.candidate) for s in samples]
+
+
+def scored(samples: Sequence[WholeSample], verdicts: Sequence[Verdict], *, score: RewardFn,
+           policy_version: int = 0) -> list[Episode | None]:
+    """Each sample's episode from its verdict (None where `score` gives None: excluded)."""
     return [_episode(s.problem.id, s.group, s.prompt_ids, s.completion.token_ids, (True,) * len(s.completion.token_ids),
                      s.completion.logprobs, verdict, s.completion.finish_reason == "length", policy_version, score)
             for s, verdict in zip(samples, verdicts, strict=True)]

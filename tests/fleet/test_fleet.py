@@ -298,3 +298,73 @@ def test_each_step_and_round_samples_with_its_own_seed() -> None:
     assert len(seeds) == 12, seeds
     assert step_sampling(base, 2, 8).seed == step_sampling(base, 2, 8).seed
     assert step_sampling(SamplingConfig(n=8), 3, 8).seed is None, "unseeded stays unseeded"
+
+
+class _Recording:
+    """A verifier that notes the problems of every `verify_batch` call, then delegates."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, []
+
+    def verify_batch(self, requests: Sequence[Any], **kwargs: Any) -> Any:
+        self.calls.append(sorted({r.name for r in requests}))
+        return self.inner.verify_batch(requests, **kwargs)
+
+
+class _StubStream:
+    """Stands in for a rollout actor handle: `sample_whole_iter.remote` streams the given
+    problems' samples as Ray object refs, last group first; before handing on each one after
+    the first it waits (at most 60 s) until the verifier has been asked about everything handed
+    on so far, and notes whether it was."""
+
+    def __init__(self, batches: list[list[WholeSample]], recording: _Recording) -> None:
+        self.batches, self.recording, self.judged_in_time = batches, recording, []
+        self.sample_whole_iter = self
+
+    def remote(self, problems: Sequence[Problem], first_group: int) -> Any:
+        import time
+
+        import ray
+
+        handed: set[str] = set()
+        for k, samples in enumerate(self.batches):
+            if k:
+                deadline = time.monotonic() + 60
+                while not handed <= {n for call in self.recording.calls for n in call} and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                self.judged_in_time.append(handed <= {n for call in self.recording.calls for n in call})
+            handed.add(samples[0].problem.name)
+            yield ray.put((samples, 0.5 * (k + 1), 7))
+
+
+def test_streamed_judging_starts_while_sampling_goes_on(tmp_path: Path) -> None:
+    """`fleet.stream_verify`: the verifier actor judges a problem's samples while the rollout
+    actor has not yet handed on the next problem's; episodes come back in group order whatever
+    order problems finished in, with the rollout's weights version and its generate time."""
+    import ray
+
+    from policy.config import PolicyConfig
+    from policy.engines import Completion
+    from prover.config import GRPOConfig, RolloutConfig
+    from prover.fleet.actors import VerifierWorker
+
+    cfg = config(tmp_path, tmp_path, engine="transformers")
+    worker = VerifierWorker(cfg.verifier, PolicyConfig(), RolloutConfig(), GRPOConfig())
+    recording = _Recording(worker.verifier)
+    worker.verifier = recording
+    batches = [[WholeSample(problem(name), group, (1, 2), Completion(f"c{group}{j}", (3, 4), (-0.5, -0.25), "stop"),
+                            f"theorem {name} (a b : ℕ) (h : a = b) : b = a := by\n  exact h.symm\n")
+                for j in range(2)] for group, name in ((2, "p2"), (0, "p0"), (1, "p1"))]
+    stub = _StubStream(batches, recording)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        episodes, generate_s, verify_s = worker.judge_whole_streamed([], stub, 0)
+    finally:
+        ray.shutdown()
+        worker.verifier = recording.inner
+        worker.close()
+    assert stub.judged_in_time == [True, True], (stub.judged_in_time, recording.calls)
+    assert recording.calls[0] == ["p2"], recording.calls   # the first problem was judged alone, at once
+    assert [(e.group if e else None) for e in episodes] == [0, 0, 1, 1, 2, 2], episodes
+    assert all(e is not None and e.policy_version == 7 for e in episodes), episodes
+    assert generate_s == 1.5 and verify_s >= 0, (generate_s, verify_s)
