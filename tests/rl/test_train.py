@@ -91,6 +91,7 @@ def _metrics(run: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)   # ~500 s on our AVX2-only CPU machine alone: the global 600 s is too close
 def test_grpo_example_killed_resumed_and_learning(warm_start: Path, tmp_path: Path) -> None:
     """The CPU example (examples/train-cpu-standin.toml) as it is, but for the warm start's path
     and a checkpoint every 2 steps, through the real path (Ray actors, vLLM, weight sync,
@@ -148,6 +149,7 @@ def test_grpo_example_killed_resumed_and_learning(warm_start: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)   # two Ray + vLLM starts: ~200 s on our AVX2-only CPU machine alone
 def test_grpo_on_two_learner_ranks_checkpoints_and_resumes(warm_start: Path, tmp_path: Path) -> None:
     """learner.ranks = 2: two Ray learner actors in one gloo process group shard the policy (FSDP2)
     and train it; rank 0's gathered weights reach the vLLM engine and the HF checkpoint, every
